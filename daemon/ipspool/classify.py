@@ -1,0 +1,60 @@
+"""Address classes: a small, documented vocabulary (docs/results.md).
+
+The order of the checks is the contract: the first that matches names the
+class. ``global`` is exactly ``ipaddress``'s ``is_global`` for the running
+Python, reported beside the class rather than folded into it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+__all__ = ["CLASSES", "classify"]
+
+CLASSES = (
+    "unspecified",
+    "loopback",
+    "link_local",
+    "multicast",
+    "shared",
+    "private",
+    "reserved",
+    "global",
+)
+
+_SHARED = ipaddress.IPv4Network("100.64.0.0/10")  # RFC 6598 carrier-grade NAT
+_PRIVATE_V4 = (
+    ipaddress.IPv4Network("10.0.0.0/8"),
+    ipaddress.IPv4Network("172.16.0.0/12"),
+    ipaddress.IPv4Network("192.168.0.0/16"),
+)  # RFC 1918
+_PRIVATE_V6 = ipaddress.IPv6Network("fc00::/7")  # RFC 4193 unique local
+
+
+def address_class(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if address.is_unspecified:
+        return "unspecified"
+    if address.is_loopback:
+        return "loopback"
+    if address.is_link_local:
+        return "link_local"
+    if address.is_multicast:
+        return "multicast"
+    if isinstance(address, ipaddress.IPv4Address):
+        if address in _SHARED:
+            return "shared"
+        if any(address in net for net in _PRIVATE_V4):
+            return "private"
+    elif address in _PRIVATE_V6:
+        return "private"
+    return "global" if address.is_global else "reserved"
+
+
+def classify(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> dict[str, Any]:
+    """The fields the built-in ``classify`` stage adds to a record."""
+    return {
+        "version": address.version,
+        "class": address_class(address),
+        "global": address.is_global,
+    }

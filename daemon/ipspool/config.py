@@ -1,0 +1,256 @@
+"""The configuration: declared once, validated once.
+
+Every key is declared here with its type, default and help text. The example
+file ``config/ipspool.toml`` carries the same defaults (a test keeps the two
+in step) and ``docs/configuration.md`` describes them. Validation is pydantic's;
+this module turns its errors into messages that name the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+__all__ = [
+    "AlertsConfig",
+    "Config",
+    "ConfigError",
+    "GeoipConfig",
+    "ListConfig",
+    "LogConfig",
+    "MetricsConfig",
+    "PipelineConfig",
+    "RdnsConfig",
+    "SpoolConfig",
+    "WorkersConfig",
+    "load_config",
+    "parse_config",
+    "usable_cpus",
+]
+
+DEFAULT_SPOOL = "/var/spool/ipspool"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class _Section(BaseModel):
+    # extra="forbid": an unknown key is an error that names it, so a typo
+    # never silently leaves a default in force. strict: "4" is not 4.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SpoolConfig(_Section):
+    dir: str = Field(DEFAULT_SPOOL, description="The spool directory (tmp/ incoming/ active/ done/ failed/).")
+    results_dir: str = Field("", description="Where NAME.jsonl results go; empty: SPOOL/results.")
+    runtime_dir: str = Field(
+        "",
+        description="Where the stats socket and its authkey live; empty: SPOOL/.ipspool.",
+    )
+    keep_processed: bool = Field(True, description="Move processed inputs to done/ (true) or delete them.")
+    max_file_bytes: PositiveInt = Field(
+        1 << 30, description="Inputs larger than this go to failed/ unread."
+    )
+    max_line_bytes: PositiveInt = Field(
+        4096, description="A longer line is an error record; its bytes are never held in memory."
+    )
+    rescan_interval: PositiveFloat = Field(
+        10.0, description="Seconds between scans of incoming/ (inotify can drop events)."
+    )
+    producer_group: str = Field(
+        "", description="Group given write access to incoming/ and tmp/; empty: the daemon's own."
+    )
+
+    @field_validator("dir")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value:
+            raise ValueError("the spool directory must be set")
+        return value
+
+
+class WorkersConfig(_Section):
+    processes: Annotated[int, Field(ge=0)] = Field(
+        0, description="Worker processes; 0: one per usable CPU (sched_getaffinity)."
+    )
+    threads: PositiveInt = Field(16, description="Threads in each worker's pool.")
+    chunk_bytes: Annotated[int, Field(ge=4096)] = Field(
+        1 << 20, description="Files are split into byte ranges of about this size."
+    )
+    max_attempts: PositiveInt = Field(
+        3, description="A chunk that kills this many workers sends its file to failed/."
+    )
+    graceful_timeout: PositiveFloat = Field(
+        30.0, description="Seconds a stop waits for in-flight chunks before it kills workers."
+    )
+    heartbeat_timeout: PositiveFloat = Field(
+        60.0, description="A worker that makes no progress for this long is killed and replaced."
+    )
+    max_inflight: Annotated[int, Field(ge=0)] = Field(
+        0, description="Chunks queued to one worker at a time; 0: threads + 1."
+    )
+
+
+class PipelineConfig(_Section):
+    stages: tuple[str, ...] = Field(
+        ("classify",), description='Built-in stage names, or "module:callable".'
+    )
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: object) -> object:
+        # TOML gives a list; the frozen model keeps a tuple.
+        return tuple(value) if isinstance(value, list) else value
+
+
+class LogConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
+    format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: readable on a terminal, JSON lines otherwise."
+    )
+    file: str = Field("", description="Log to this file instead of stdout (used with --daemonize).")
+
+
+class ListConfig(_Section):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    path: str
+    alert: bool = False
+
+
+class RdnsConfig(_Section):
+    nameservers: tuple[str, ...] = Field((), description='"addr:port" entries; empty: the system resolver.')
+    timeout: PositiveFloat = Field(2.0, description="Seconds for one lookup attempt.")
+    retries: Annotated[int, Field(ge=0)] = Field(1, description="Further attempts after a timeout.")
+    cache_size: Annotated[int, Field(ge=0)] = Field(65536, description="Cached answers per worker.")
+    negative_ttl: Annotated[float, Field(ge=0)] = Field(300.0, description="Seconds an NXDOMAIN is cached.")
+    forward_confirm: bool = Field(False, description="Check that the PTR name resolves back.")
+
+    @field_validator("nameservers", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+
+class GeoipConfig(_Section):
+    country_db: str = Field("", description="MaxMind DB with country data; empty: no country.")
+    asn_db: str = Field("", description="MaxMind DB with ASN data; empty: no ASN.")
+
+
+class AlertsConfig(_Section):
+    listed_per_file: Annotated[int, Field(ge=0)] = Field(
+        20, description="ip.listed events per file before one ip.listed.suppressed."
+    )
+    backlog_files: Annotated[int, Field(ge=0)] = Field(
+        10000, description="spool.backlog warns when more files wait; 0: never."
+    )
+    backlog_age: Annotated[float, Field(ge=0)] = Field(
+        300.0, description="spool.backlog warns when the oldest waiting file is older (s); 0: never."
+    )
+    disk_low_bytes: Annotated[int, Field(ge=0)] = Field(
+        100 << 20, description="disk.low warns when the results filesystem has less free space."
+    )
+
+
+class MetricsConfig(_Section):
+    textfile: str = Field("", description="Write Prometheus metrics to this .prom file; empty: off.")
+    interval: PositiveFloat = Field(5.0, description="Seconds between metrics writes.")
+
+
+class Config(_Section):
+    spool: SpoolConfig = SpoolConfig()
+    workers: WorkersConfig = WorkersConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    log: LogConfig = LogConfig()
+    lists: tuple[ListConfig, ...] = ()
+    rdns: RdnsConfig = RdnsConfig()
+    geoip: GeoipConfig = GeoipConfig()
+    alerts: AlertsConfig = AlertsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("lists", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+    # Derived paths: one place decides where everything lives.
+    @property
+    def spool_dir(self) -> Path:
+        return Path(self.spool.dir)
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.spool.results_dir) if self.spool.results_dir else self.spool_dir / "results"
+
+    @property
+    def runtime_dir(self) -> Path:
+        return Path(self.spool.runtime_dir) if self.spool.runtime_dir else self.spool_dir / ".ipspool"
+
+    @property
+    def process_count(self) -> int:
+        return self.workers.processes or usable_cpus()
+
+    @property
+    def inflight_per_worker(self) -> int:
+        return self.workers.max_inflight or self.workers.threads + 1
+
+
+@dataclass(frozen=True)
+class ConfigError(Exception):
+    """Every problem found in one configuration, each naming file and key."""
+
+    source: str
+    problems: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return "\n".join(f"{self.source}: {problem}" for problem in self.problems)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (cgroup cpusets and taskset shrink it)."""
+    return len(os.sched_getaffinity(0)) or 1
+
+
+def _describe(error: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling against config/ipspool.toml)"
+    given = error.get("input")
+    shown = "" if isinstance(given, dict) else f", got {given!r}"
+    return f"{key}: {error['msg']}{shown}"
+
+
+def parse_config(data: dict[str, Any], source: str = "<config>", spool: str | None = None) -> Config:
+    """Validate a parsed TOML mapping; ``spool`` overrides spool.dir."""
+    if spool is not None:
+        data = {**data, "spool": {**data.get("spool", {}), "dir": spool}}
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = tuple(_describe(dict(e)) for e in exc.errors())
+        raise ConfigError(source, problems) from None
+
+
+def load_config(path: str | os.PathLike[str] | None, spool: str | None = None) -> Config:
+    """Read and validate a TOML file; ``None`` means built-in defaults."""
+    if path is None:
+        return parse_config({}, "<defaults>", spool)
+    source = str(path)
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(source, ("file not found",)) from None
+    except PermissionError:
+        raise ConfigError(source, ("permission denied (is it readable by the service user?)",)) from None
+    except IsADirectoryError:
+        raise ConfigError(source, ("is a directory, expected a TOML file",)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, (f"not valid TOML: {exc}",)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(source, (f"not valid UTF-8: {exc}",)) from None
+    return parse_config(data, source, spool)

@@ -1,0 +1,267 @@
+"""The per-address pipeline and the pure heart of ipspool.
+
+``process_chunk(data, first_line, pipeline)`` turns the bytes of one chunk
+into result bytes and counts. It touches no file, socket or global state, so a
+local worker, a test or a remote engine can all call it unchanged.
+
+A *stage* is a callable taking the parsed address (an ``ipaddress`` object)
+and returning a mapping of fields to add to that address's record, or None.
+Stages are named in ``[pipeline] stages``: a built-in name or
+``"module:callable"``. See docs/stages.md for the contract.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import pickle
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import orjson
+
+from ipspool.classify import classify
+from ipspool.config import Config, ConfigError
+
+__all__ = [
+    "RESERVED_FIELDS",
+    "Address",
+    "Pipeline",
+    "Stage",
+    "load_pipeline",
+    "parse_address",
+    "process_chunk",
+    "process_lines",
+    "split_lines",
+]
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+Counts = Counter[str]
+
+# Fields the framework writes; a stage may not return these.
+RESERVED_FIELDS = frozenset({"line", "input", "ip", "error", "stage_errors"})
+_BOM = b"\xef\xbb\xbf"
+_INPUT_PREVIEW = 200  # characters of a bad line echoed back in its record
+
+
+@runtime_checkable
+class Stage(Protocol):
+    """What the pipeline calls for each address."""
+
+    def __call__(self, address: Address, /) -> Mapping[str, Any] | None: ...
+
+
+class _Classify:
+    """Built-in stage: version, class and the ``global`` flag."""
+
+    name = "classify"
+    blocking = False
+
+    def __call__(self, address: Address, /) -> Mapping[str, Any]:
+        return classify(address)
+
+
+def _build_classify(config: Config) -> Stage:
+    return _Classify()
+
+
+def _lazy(target: str) -> Callable[[Config], Stage]:
+    """A built-in stage whose module is imported only when it is used."""
+
+    def build(config: Config) -> Stage:
+        module, _, attr = target.partition(":")
+        factory: Callable[[Config], Stage] = getattr(importlib.import_module(module), attr)
+        return factory(config)
+
+    return build
+
+
+BUILTIN_STAGES: dict[str, Callable[[Config], Stage]] = {
+    "classify": _build_classify,
+    "lists": _lazy("ipspool.stages.lists:build"),
+    "rdns": _lazy("ipspool.stages.rdns:build"),
+    "geoip": _lazy("ipspool.stages.geoip:build"),
+}
+
+
+@dataclass
+class Pipeline:
+    """The loaded stages, in order, with their names."""
+
+    names: tuple[str, ...]
+    stages: tuple[Stage, ...]
+    max_line_bytes: int = 4096
+    blocking: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        # A stage is assumed to block (network, disk) unless it says otherwise;
+        # a pipeline of non-blocking stages runs inline, skipping the pool.
+        self.blocking = any(getattr(stage, "blocking", True) for stage in self.stages)
+
+    def run(self, address: Address) -> dict[str, Any]:
+        record: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        for name, stage in zip(self.names, self.stages, strict=True):
+            try:
+                fields = stage(address)
+                if fields is None:
+                    continue
+                if not isinstance(fields, Mapping):
+                    raise TypeError(f"returned {type(fields).__name__}, expected a mapping or None")
+                clash = RESERVED_FIELDS.intersection(fields)
+                if clash:
+                    raise ValueError(f"returned reserved field(s) {sorted(clash)}")
+                record.update(fields)
+            except Exception as exc:  # noqa: BLE001 - one address's failure must not sink the file
+                errors[name] = f"{type(exc).__name__}: {exc}"[:_INPUT_PREVIEW]
+        if errors:
+            record["stage_errors"] = errors
+        return record
+
+    def close(self) -> None:
+        for stage in self.stages:
+            closer = getattr(stage, "close", None)
+            if callable(closer):
+                closer()
+
+    def refresh(self) -> None:
+        """Let stages pick up changed data files (lists, databases)."""
+        for stage in self.stages:
+            refresher = getattr(stage, "refresh", None)
+            if callable(refresher):
+                refresher()
+
+
+def _load_user_stage(spec: str) -> Stage:
+    module_name, sep, qualname = spec.partition(":")
+    if not sep or not module_name or not qualname:
+        raise ValueError(f'expected a built-in name {sorted(BUILTIN_STAGES)} or "module:callable"')
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:  # noqa: BLE001 - any import failure is a config error
+        raise ValueError(f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}") from exc
+    for part in qualname.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {qualname!r}") from None
+    if not callable(target):
+        raise ValueError(f"{qualname!r} is a {type(target).__name__}, not a callable")
+    # Stages must be able to cross a process boundary by reference. A lambda,
+    # a closure or a method of an object holding a lock or socket cannot, and
+    # the bare PicklingError would not say which stage or why.
+    try:
+        pickle.dumps(target)
+    except Exception as exc:  # noqa: BLE001 - pickling raises several types
+        raise ValueError(
+            f"cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
+            "define the stage as a top-level function or a module-level instance "
+            "whose state can be pickled"
+        ) from exc
+    return target  # type: ignore[no-any-return]
+
+
+def load_pipeline(config: Config, source: str = "<config>") -> Pipeline:
+    """Load every configured stage, or raise ConfigError naming each bad one."""
+    stages: list[Stage] = []
+    problems: list[str] = []
+    for index, spec in enumerate(config.pipeline.stages):
+        try:
+            builtin = BUILTIN_STAGES.get(spec)
+            stages.append(builtin(config) if builtin else _load_user_stage(spec))
+        except ConfigError as exc:
+            problems.extend(f"pipeline.stages[{index}] ({spec}): {p}" for p in exc.problems)
+        except Exception as exc:  # noqa: BLE001 - report, do not crash on a bad stage
+            problems.append(f"pipeline.stages[{index}] ({spec}): {exc}")
+    if problems:
+        raise ConfigError(source, tuple(problems))
+    return Pipeline(config.pipeline.stages, tuple(stages), config.spool.max_line_bytes)
+
+
+def parse_address(text: str) -> Address:
+    """Parse one address, with an error message that says what is wrong."""
+    if "/" in text:
+        raise ValueError("CIDR notation is a network, not an address")
+    if ":" in text:
+        return ipaddress.IPv6Address(text)
+    if "-" in text and text.count(".") > 3:
+        raise ValueError("address ranges are not expanded")
+    # IPv4Address refuses leading zeros ("010.1.1.1") rather than reading octal.
+    return ipaddress.IPv4Address(text)
+
+
+def split_lines(data: bytes) -> list[bytes]:
+    """Physical lines of a chunk, without their newlines."""
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return lines
+
+
+def _error_record(line_no: int, shown: str, message: str) -> bytes:
+    return orjson.dumps({"line": line_no, "input": shown[:_INPUT_PREVIEW], "error": message}) + b"\n"
+
+
+def process_lines(
+    lines: Sequence[bytes], first_line: int, pipeline: Pipeline, counts: Counts
+) -> bytes:
+    """Result records for consecutive lines numbered from ``first_line``."""
+    out: list[bytes] = []
+    limit = pipeline.max_line_bytes
+    for line_no, raw in enumerate(lines, first_line):
+        if len(raw) > limit:
+            counts["invalid"] += 1
+            shown = raw[:64].decode("utf-8", "backslashreplace")
+            out.append(_error_record(line_no, shown, f"line too long: {len(raw)} bytes, limit {limit}"))
+            continue
+        if line_no == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM):]
+        hash_at = raw.find(b"#")
+        if hash_at >= 0:
+            raw = raw[:hash_at]
+        raw = raw.strip()
+        if not raw:
+            counts["skipped"] += 1
+            continue
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            counts["invalid"] += 1
+            out.append(_error_record(line_no, raw.decode("utf-8", "backslashreplace"), "not valid UTF-8"))
+            continue
+        if "\x00" in text:
+            counts["invalid"] += 1
+            out.append(_error_record(line_no, text.replace("\x00", "\\x00"), "contains a NUL byte"))
+            continue
+        try:
+            address = parse_address(text)
+        except ValueError as exc:
+            counts["invalid"] += 1
+            out.append(_error_record(line_no, text, f"not an IP address: {exc}"))
+            continue
+        record: dict[str, Any] = {"line": line_no, "input": text, "ip": str(address)}
+        record.update(pipeline.run(address))
+        counts["valid"] += 1
+        cls = record.get("class")
+        if isinstance(cls, str):
+            counts["class." + cls] += 1
+        if "stage_errors" in record:
+            counts["stage_errors"] += 1
+        out.append(orjson.dumps(record) + b"\n")
+    counts["lines"] += len(lines)
+    return b"".join(out)
+
+
+def process_chunk(data: bytes, first_line: int, pipeline: Pipeline) -> tuple[bytes, Counts]:
+    """The pure heart: one chunk's bytes in, its result bytes and counts out."""
+    counts: Counts = Counter()
+    return process_lines(split_lines(data), first_line, pipeline, counts), counts
+
+
+def merge_counts(parts: Iterable[Mapping[str, int]]) -> Counts:
+    total: Counts = Counter()
+    for part in parts:
+        total.update(part)
+    return total
