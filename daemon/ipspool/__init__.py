@@ -1,0 +1,7 @@
+"""ipspool: a spool-directory daemon for files of IP addresses."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

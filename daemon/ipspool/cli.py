@@ -1,0 +1,207 @@
+"""The ``ipspool`` command: run, submit, status, reload, check-config.
+
+Exit codes are listed in ``ipspool.exitcodes`` and docs/exit-codes.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ipspool import __version__
+from ipspool.config import Config, ConfigError, load_config
+from ipspool.exitcodes import ExitCode
+
+__all__ = ["build_parser", "main"]
+
+
+def _load(args: argparse.Namespace) -> Config:
+    return load_config(args.config, spool=getattr(args, "spool", None))
+
+
+def _print_problems(exc: ConfigError) -> None:
+    print(f"ipspool: invalid configuration ({len(exc.problems)} problem(s)):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {exc.source}: {problem}", file=sys.stderr)
+
+
+# -- run --------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ipspool.logs import LogTarget, configure_logging
+
+    config = _load(args)
+    if args.daemonize:
+        from ipspool.daemonize import daemonize
+
+        return daemonize(config, args)
+    target = configure_logging(config.log.level, config.log.format, role="supervisor",
+                               target=LogTarget(config.log.file))
+    from ipspool.supervisor import Supervisor
+
+    return Supervisor(config, args.config, spool_override=args.spool, log_target=target).run()
+
+
+# -- submit -----------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ipspool.submit import submit_files
+
+    return submit_files(_load(args), args.files, wait=args.wait, timeout=args.timeout)
+
+
+# -- status -----------------------------------------------------------------
+
+
+def _snapshot(config: Config) -> dict[str, Any] | None:
+    from multiprocessing.context import AuthenticationError
+
+    from ipspool.stats import StatsClient
+
+    client = StatsClient(config.runtime_dir)
+    try:
+        stats = client.connect()
+        return stats.snapshot()  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        return None
+    except ConnectionRefusedError:
+        return None
+    except PermissionError as exc:
+        raise SystemExit(f"ipspool: cannot read the daemon's stats ({exc}); run as the service user or root")
+    except AuthenticationError:
+        raise SystemExit("ipspool: the stats socket refused our key (is the authkey from another daemon?)") from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from ipspool.status import render_status
+
+    config = _load(args)
+    snapshot = _snapshot(config)
+    if snapshot is None:
+        print(f"ipspool is not running (no stats socket answers in {config.runtime_dir})", file=sys.stderr)
+        return ExitCode.NOT_RUNNING
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+    else:
+        sys.stdout.write(render_status(snapshot))
+    return ExitCode.OK
+
+
+# -- check-config and reload ------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from ipspool.pipeline import load_pipeline
+
+    config = _load(args)
+    load_pipeline(config, args.config or "<defaults>").close()
+    print(f"{args.config or '<defaults>'}: OK ({len(config.pipeline.stages)} stage(s), "
+          f"{config.process_count} worker(s) x {config.workers.threads} threads, spool {config.spool_dir})")
+    return ExitCode.OK
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    """Validate, signal, and wait for the daemon to confirm (for ExecReload=)."""
+    from ipspool.pipeline import load_pipeline
+
+    config = _load(args)
+    load_pipeline(config, args.config or "<defaults>").close()
+    before = _snapshot(config)
+    if before is None:
+        print(f"ipspool is not running (no stats socket answers in {config.runtime_dir})", file=sys.stderr)
+        return ExitCode.NOT_RUNNING
+    daemon = before.get("daemon", {})
+    previous = daemon.get("last_reload", {}).get("time", 0.0)
+    pid = int(args.pid or daemon["pid"])
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = _snapshot(config)
+        last = (now or {}).get("daemon", {}).get("last_reload", {})
+        if last and last.get("time", 0.0) > previous:
+            if last.get("ok"):
+                print(f"ipspool reloaded (generation {last.get('generation')})")
+                return ExitCode.OK
+            print("ipspool refused the new configuration and keeps running on the old one:", file=sys.stderr)
+            for problem in last.get("problems", []):
+                print(f"  {problem}", file=sys.stderr)
+            return ExitCode.RELOAD_REJECTED
+    print(f"ipspool did not confirm the reload within {args.timeout}s", file=sys.stderr)
+    return ExitCode.FAILURE
+
+
+# -- parser -----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ipspool",
+        description="Validate, classify and enrich files of IP addresses dropped into a spool directory.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 workers cannot start, 4 bad configuration, "
+               "5 spool unusable, 6 not running, 7 reload refused.",
+    )
+    parser.add_argument("--version", action="version", version=f"ipspool {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", "-c", metavar="FILE", help="TOML configuration (default: built-in defaults)")
+        return p
+
+    run = command("run", "Run the daemon in the foreground (or --daemonize).")
+    run.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+    run.add_argument("--daemonize", action="store_true", help="detach (for hosts without systemd)")
+    run.add_argument("--pidfile", metavar="FILE", help="with --daemonize: a locked pidfile")
+    run.set_defaults(func=cmd_run)
+
+    submit = command("submit", "Hand files to the spool safely (tmp/, fsync, rename into incoming/).")
+    submit.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+    submit.add_argument("--wait", action="store_true", help="wait for each result; exit 1 if any file failed")
+    submit.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                        help="with --wait: give up after this long (0: never)")
+    submit.add_argument("files", nargs="+", metavar="FILE", help="files to submit; - reads standard input")
+    submit.set_defaults(func=cmd_submit)
+
+    status = command("status", "Show live counters and the worker table of the running daemon.")
+    status.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
+
+    check = command("check-config", "Validate the configuration and load every stage.")
+    check.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+    check.set_defaults(func=cmd_check_config)
+
+    reload = command("reload", "Validate the configuration, send SIGHUP, wait for the daemon's verdict.")
+    reload.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+    reload.add_argument("--pid", type=int, help="daemon pid (default: as the daemon reports it)")
+    reload.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    reload.set_defaults(func=cmd_reload)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.config is not None:
+        args.config = str(Path(args.config).absolute())
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        _print_problems(exc)
+        return ExitCode.CONFIG_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""Structured logs: one JSON object a line, the same in every process.
+
+Keys: ``timestamp`` (ISO-8601 UTC), ``level``, ``event`` (a stable dotted
+name from docs/events.md), ``pid``, ``role``, and ``worker`` in workers, then
+the event's fields. Each line goes out in a single write(2) of well under
+PIPE_BUF bytes, which is what keeps lines from different processes whole when
+they share one pipe, file or journal stream.
+
+Under journald (JOURNAL_STREAM names our stdout) each line starts with the
+``<N>`` syslog priority, so ``journalctl -p warning`` works and the JSON after
+the prefix stays intact. On a terminal a readable renderer is used instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Callable, MutableMapping
+from typing import Any
+
+import orjson
+import structlog
+
+__all__ = ["LogTarget", "configure_logging", "get_logger", "journal_stream_is_stdout"]
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+_MAX_LINE = 4000  # below PIPE_BUF (4096): one write, never split
+_FIRST_KEYS = ("timestamp", "level", "event", "pid", "role", "worker")
+
+EventDict = MutableMapping[str, Any]
+
+
+class LogTarget:
+    """Where lines go: stdout, or a file that logrotate may move (reopen())."""
+
+    def __init__(self, path: str = "") -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self.fd = self._open() if path else sys.stdout.fileno()
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+
+    def reopen(self) -> None:
+        if not self.path:
+            return
+        with self._lock:
+            old, self.fd = self.fd, self._open()
+            os.close(old)
+
+    def write(self, line: bytes) -> None:
+        try:
+            os.write(self.fd, line)
+        except BlockingIOError:
+            # A non-blocking stdout that is full: losing a log line beats
+            # stalling the supervisor loop.
+            pass
+        except BrokenPipeError:
+            pass
+
+
+class _FdLogger:
+    """The structlog 'logger' at the end of the chain: one write per line."""
+
+    def __init__(self, target: LogTarget) -> None:
+        self._target = target
+
+    def msg(self, message: bytes | str) -> None:
+        data = message.encode("utf-8", "backslashreplace") if isinstance(message, str) else message
+        self._target.write(data + b"\n")
+
+    log = debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def journal_stream_is_stdout() -> bool:
+    """True when stdout is connected to journald (see systemd.exec(5), JOURNAL_STREAM)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = value.partition(":")
+    if not dev or not ino:
+        return False
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == value
+
+
+def _static(fields: dict[str, Any]) -> Callable[[Any, str, EventDict], EventDict]:
+    def add(_: Any, __: str, event_dict: EventDict) -> EventDict:
+        event_dict["pid"] = os.getpid()
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+    return add
+
+
+def _ordered(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    front = {key: event_dict.pop(key) for key in _FIRST_KEYS if key in event_dict}
+    front.update(event_dict)
+    return front
+
+
+def _shorten(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > 400:
+        return value[:400] + "...[truncated]"
+    if isinstance(value, list | tuple) and len(value) > 20:
+        return [*value[:20], f"...[{len(value) - 20} more]"]
+    return value
+
+
+def _json(_: Any, __: str, event_dict: EventDict) -> bytes:
+    line = orjson.dumps(event_dict, default=str)
+    if len(line) > _MAX_LINE:
+        line = orjson.dumps({k: _shorten(v) for k, v in event_dict.items()}, default=str)
+        if len(line) > _MAX_LINE:
+            keep = {k: event_dict[k] for k in _FIRST_KEYS if k in event_dict}
+            keep["truncated"] = True
+            line = orjson.dumps(keep, default=str)
+    return line
+
+
+def _journal_prefix(_: Any, method: str, line: Any) -> bytes:
+    level = method if method in _PRIORITY else "info"
+    return b"<%d>" % _PRIORITY[level] + line
+
+
+def configure_logging(
+    level: str = "info",
+    fmt: str = "auto",
+    *,
+    role: str,
+    target: LogTarget | None = None,
+    **fields: Any,
+) -> LogTarget:
+    """Configure structlog for this process; returns the target for reopen()."""
+    target = target or LogTarget()
+    if fmt == "auto":
+        fmt = "console" if not target.path and os.isatty(target.fd) else "json"
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        _static({"role": role, **fields}),
+    ]
+    if fmt == "console":
+        processors += [structlog.dev.ConsoleRenderer(colors=False)]
+    else:
+        processors += [structlog.processors.dict_tracebacks, _ordered, _json]
+        if not target.path and journal_stream_is_stdout():
+            processors.append(_journal_prefix)
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=lambda *_: _FdLogger(target),
+        cache_logger_on_first_use=False,
+    )
+    return target
+
+
+def get_logger() -> Any:
+    return structlog.get_logger()

@@ -1,0 +1,349 @@
+"""The on-disk protocol: every move of a file through the spool.
+
+    tmp/ -> incoming/ -> active/ -> done/ (or deleted) | failed/ + NAME.error.json
+    results/NAME.jsonl (written in results/.parts/, fsync'd, linked in)
+
+rename() within one filesystem is the commit point of every step, and each
+step is made durable (file fsync, then the directories it touched) before the
+next one starts. The order is chosen so that a crash at any point leaves a
+state that start-up recovery (``Spool.recover``) finishes without loss or
+duplication:
+
+1. the result is written to a part file and fsync'd;
+2. it is linked to results/JOB.jsonl (link() never overwrites) and results/
+   is fsync'd: from here on the result exists, and recovery sees it;
+3. the input is renamed active/JOB -> done/JOB (or unlinked) and both
+   directories are fsync'd.
+
+A job's name is the input's name, made unique at claim time against active/,
+done/, failed/ and the results, so results/JOB.jsonl belongs to exactly one
+input and a crash between steps 2 and 3 is recognised, not redone.
+
+All operations go through directory file descriptors opened with O_NOFOLLOW,
+and files are opened with O_NOFOLLOW|O_NONBLOCK: nothing planted in the spool
+can redirect a read or a write, and a FIFO cannot block the daemon.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+__all__ = ["Claimed", "InputRejected", "Spool", "SpoolError", "fsync_dir"]
+
+SUBDIRS = ("tmp", "incoming", "active", "done", "failed")
+RESULT_SUFFIX = ".jsonl"
+ERROR_SUFFIX = ".error.json"
+PARTS = ".parts"
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NAME_MAX = 255
+_NOT_REGULAR = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFLNK: "a symbolic link",
+}
+
+
+class SpoolError(Exception):
+    """The spool itself is unusable (missing, not a directory, no permission)."""
+
+
+@dataclass(frozen=True)
+class InputRejected(Exception):
+    """A claimed input that must go to failed/ unread, with a reason code."""
+
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """An input moved into active/, checked and ready to split."""
+
+    name: str      # the name it arrived with in incoming/
+    job_name: str  # its unique name in active/, done/ or failed/ and results
+    path: str      # absolute path in active/
+    size: int
+    dev: int
+    ino: int
+    claimed_at: float
+    mtime: float
+
+
+def fsync_dir(fd: int) -> None:
+    os.fsync(fd)
+
+
+def _open_dir(path: Path) -> int:
+    try:
+        return os.open(path, _DIR_FLAGS)
+    except FileNotFoundError:
+        raise SpoolError(f"{path}: does not exist") from None
+    except NotADirectoryError:
+        raise SpoolError(f"{path}: not a directory") from None
+    except PermissionError:
+        raise SpoolError(f"{path}: permission denied") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise SpoolError(f"{path}: is a symbolic link; refusing to follow it") from None
+        raise SpoolError(f"{path}: {exc.strerror}") from None
+
+
+def _exists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+class Spool:
+    """The spool and results directories, held open by file descriptor."""
+
+    def __init__(self, spool_dir: Path, results_dir: Path) -> None:
+        self.root = spool_dir
+        self.results = results_dir
+        self.fds: dict[str, int] = {}
+
+    # -- setting up -------------------------------------------------------
+
+    def create(self, producer_gid: int | None = None) -> None:
+        """Create missing directories with the permissions of the protocol.
+
+        incoming/ and tmp/ are group-writable (and setgid) for producers when
+        a producer group is given; everything else is the daemon's alone.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in SUBDIRS:
+            path = self.root / sub
+            path.mkdir(mode=0o750, exist_ok=True)
+            if sub in ("tmp", "incoming") and producer_gid is not None:
+                os.chown(path, -1, producer_gid)
+                path.chmod(0o2770)
+        self.results.mkdir(parents=True, exist_ok=True, mode=0o750)
+        (self.results / PARTS).mkdir(exist_ok=True, mode=0o700)
+
+    def open(self) -> None:
+        for sub in SUBDIRS:
+            self.fds[sub] = _open_dir(self.root / sub)
+        self.fds["results"] = _open_dir(self.results)
+        self.fds["parts"] = _open_dir(self.results / PARTS)
+        st_spool = os.fstat(self.fds["active"])
+        st_results = os.fstat(self.fds["results"])
+        if st_spool.st_dev != st_results.st_dev:
+            # Not an error: results may live elsewhere. Only spool moves need
+            # one filesystem, and those are all under the spool root.
+            pass
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+    @property
+    def parts_dir(self) -> Path:
+        return self.results / PARTS
+
+    # -- naming -----------------------------------------------------------
+
+    def _taken(self, job_name: str) -> bool:
+        return (
+            _exists(job_name, self.fds["active"])
+            or _exists(job_name, self.fds["done"])
+            or _exists(job_name, self.fds["failed"])
+            or _exists(job_name + RESULT_SUFFIX, self.fds["results"])
+        )
+
+    def unique_job_name(self, name: str) -> str:
+        """``name``, or ``name.N`` for the smallest N that is free everywhere."""
+        room = _NAME_MAX - len(ERROR_SUFFIX) - 12
+        base = name if len(name.encode()) <= room else name.encode()[:room].decode("utf-8", "ignore")
+        if not self._taken(base) and base == name:
+            return base
+        for n in range(1, 1_000_000):
+            candidate = f"{base}.{n}"
+            if not self._taken(candidate):
+                return candidate
+        raise SpoolError(f"no free job name for {name!r}")
+
+    # -- the steps --------------------------------------------------------
+
+    def scan_incoming(self) -> Iterator[tuple[str, float]]:
+        """Names waiting in incoming/ with their mtimes, dotfiles skipped."""
+        with os.scandir(self.root / "incoming") as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue
+                yield entry.name, mtime
+
+    def claim(self, name: str) -> str | None:
+        """Rename incoming/NAME into active/; None when it is already gone."""
+        job_name = self.unique_job_name(name)
+        try:
+            os.rename(name, job_name, src_dir_fd=self.fds["incoming"], dst_dir_fd=self.fds["active"])
+        except FileNotFoundError:
+            return None
+        return job_name
+
+    def sync_claims(self) -> None:
+        """Make a batch of claims durable (one fsync per directory)."""
+        fsync_dir(self.fds["incoming"])
+        fsync_dir(self.fds["active"])
+
+    def inspect(self, name: str, job_name: str, max_bytes: int) -> Claimed:
+        """Open a claimed file safely and check it may be read."""
+        try:
+            fd = os.open(job_name, _FILE_FLAGS, dir_fd=self.fds["active"])
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InputRejected("not_regular_file", "is a symbolic link; not followed") from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise InputRejected("unreadable", "permission denied for the service user") from None
+            if exc.errno == errno.ENXIO:
+                raise InputRejected("not_regular_file", "is a socket or device") from None
+            raise InputRejected("unreadable", f"cannot open: {exc.strerror}") from None
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        kind = stat.S_IFMT(st.st_mode)
+        if kind != stat.S_IFREG:
+            raise InputRejected("not_regular_file", f"is {_NOT_REGULAR.get(kind, 'not a regular file')}")
+        if st.st_nlink > 1:
+            # Another name for the same inode may be outside the spool, and a
+            # producer could keep writing through it: refuse to read it.
+            raise InputRejected("hard_link", f"has {st.st_nlink} links; only single-link files are read")
+        if st.st_size > max_bytes:
+            raise InputRejected("too_large", f"{st.st_size} bytes, limit spool.max_file_bytes={max_bytes}")
+        return Claimed(
+            name, job_name, str(self.root / "active" / job_name), st.st_size, st.st_dev, st.st_ino,
+            time.time(), st.st_mtime,
+        )
+
+    def part_path(self, token: str) -> str:
+        return str(self.parts_dir / token)
+
+    def assemble(self, parts: list[str], token: str) -> str:
+        """Concatenate part files, in order, into one fsync'd part file."""
+        out_path = self.part_path(token)
+        out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        try:
+            for part in parts:
+                src = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    remaining = os.fstat(src).st_size
+                    while remaining > 0:
+                        # In-kernel copy; no result bytes pass through Python.
+                        copied = os.copy_file_range(src, out, remaining)
+                        if copied == 0:
+                            break
+                        remaining -= copied
+                finally:
+                    os.close(src)
+            os.fsync(out)
+        finally:
+            os.close(out)
+        return out_path
+
+    def publish_result(self, part: str, job_name: str) -> str:
+        """Link a finished part in as results/JOB.jsonl; never overwrites."""
+        result = job_name + RESULT_SUFFIX
+        os.link(
+            os.path.basename(part), result,
+            src_dir_fd=self.fds["parts"], dst_dir_fd=self.fds["results"], follow_symlinks=False,
+        )
+        return str(self.results / result)
+
+    def sync_results(self) -> None:
+        fsync_dir(self.fds["results"])
+
+    def retire_input(self, job_name: str, keep: bool) -> None:
+        """Step 3: move the input to done/ or delete it."""
+        if keep:
+            os.rename(job_name, job_name, src_dir_fd=self.fds["active"], dst_dir_fd=self.fds["done"])
+        else:
+            os.unlink(job_name, dir_fd=self.fds["active"])
+
+    def sync_retired(self, keep: bool) -> None:
+        fsync_dir(self.fds["active"])
+        if keep:
+            fsync_dir(self.fds["done"])
+
+    def remove_part(self, part: str) -> None:
+        try:
+            os.unlink(os.path.basename(part), dir_fd=self.fds["parts"])
+        except FileNotFoundError:
+            pass
+
+    def fail(self, job_name: str, reason: str, detail: str, extra: dict[str, Any] | None = None) -> str:
+        """Move active/JOB to failed/JOB beside JOB.error.json (written first)."""
+        info = {"job": job_name, "reason": reason, "detail": detail, "time": time.time(), **(extra or {})}
+        failed_fd = self.fds["failed"]
+        error_name = job_name + ERROR_SUFFIX
+        tmp_name = f".{job_name[:200]}.{os.getpid()}.tmp"
+        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
+                     dir_fd=failed_fd)
+        try:
+            os.write(fd, orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        # The error file is ours to replace: a failure retried after a crash
+        # rewrites the reason rather than leaving a stale one.
+        os.rename(tmp_name, error_name, src_dir_fd=failed_fd, dst_dir_fd=failed_fd)
+        try:
+            os.rename(job_name, job_name, src_dir_fd=self.fds["active"], dst_dir_fd=failed_fd)
+        except FileNotFoundError:
+            pass  # recovery of an already-moved failure
+        fsync_dir(failed_fd)
+        fsync_dir(self.fds["active"])
+        return str(self.root / "failed" / error_name)
+
+    # -- recovery ---------------------------------------------------------
+
+    def recover(self, keep: bool) -> tuple[list[str], list[str], list[str]]:
+        """Finish or undo what a crash interrupted; return (redo, finished, failed).
+
+        - results/.parts/ holds only unfinished work: emptied.
+        - active/JOB with results/JOB.jsonl: published before the crash, so
+          only step 3 is left to do.
+        - active/JOB with failed/JOB.error.json: finish moving it to failed/.
+        - any other active/JOB is processed again.
+        """
+        for entry in os.listdir(self.fds["parts"]):
+            os.unlink(entry, dir_fd=self.fds["parts"])
+        for entry in os.listdir(self.fds["failed"]):
+            if entry.startswith(".") and entry.endswith(".tmp"):
+                os.unlink(entry, dir_fd=self.fds["failed"])
+        redo: list[str] = []
+        finished: list[str] = []
+        failed: list[str] = []
+        for job_name in sorted(os.listdir(self.fds["active"])):
+            if _exists(job_name + RESULT_SUFFIX, self.fds["results"]):
+                self.retire_input(job_name, keep)
+                finished.append(job_name)
+            elif _exists(job_name + ERROR_SUFFIX, self.fds["failed"]):
+                os.rename(job_name, job_name, src_dir_fd=self.fds["active"], dst_dir_fd=self.fds["failed"])
+                failed.append(job_name)
+            else:
+                redo.append(job_name)
+        if finished or failed:
+            self.sync_retired(keep)
+            fsync_dir(self.fds["failed"])
+        return redo, finished, failed

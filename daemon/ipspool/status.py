@@ -1,0 +1,60 @@
+"""``ipspool status``: the Manager's snapshot as a table an operator can read."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+__all__ = ["render_status"]
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}min"
+    if minutes:
+        return f"{minutes}min {secs}s"
+    return f"{secs}s"
+
+
+def render_status(snapshot: dict[str, Any]) -> str:
+    daemon = snapshot.get("daemon", {})
+    totals = snapshot.get("totals", {})
+    progress = {row.get("pid"): row for row in snapshot.get("workers", {}).values()}
+    lines = [
+        f"ipspool - {daemon.get('spool', '?')}",
+        f"   State: {daemon.get('state', '?')} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(daemon.get('started', 0)))}"
+        f" ({_age(time.time() - daemon.get('started', time.time()))} ago)",
+        f"     PID: {daemon.get('pid', '?')} (config {daemon.get('config') or '<defaults>'}, generation {daemon.get('generation', 0)})",
+        f" Backlog: {daemon.get('backlog', 0)} file(s) waiting, oldest {daemon.get('backlog_age', 0):.1f}s; "
+        f"{daemon.get('active', 0)} in progress",
+        f"    Rate: {daemon.get('files_per_second', 0):.1f} files/s",
+        f"  Totals: {totals.get('files_done', 0)} files done, {totals.get('files_failed', 0)} failed, "
+        f"{totals.get('lines', 0)} lines, {totals.get('valid', 0)} valid, {totals.get('invalid', 0)} invalid, "
+        f"{totals.get('worker_restarts', 0)} worker restarts",
+    ]
+    classes = {k.split(".", 1)[1]: v for k, v in totals.items() if k.startswith("class.")}
+    if classes:
+        lines.append(" Classes: " + ", ".join(f"{k} {v}" for k, v in sorted(classes.items())))
+    reload = daemon.get("last_reload")
+    if reload:
+        verdict = "ok" if reload.get("ok") else "REFUSED: " + "; ".join(reload.get("problems", []))
+        lines.append(f"  Reload: {verdict} ({_age(time.time() - reload.get('time', 0))} ago)")
+    lines.append("")
+    lines.append(f"  {'WORKER':<7}{'PID':>8}  {'STATE':<9}{'INFLIGHT':>8}  {'HEARTBEAT':>9}  {'CHUNKS':>7}  {'LINES':>10}  CURRENT")
+    for row in daemon.get("worker_table", []):
+        state = "retiring" if row.get("retiring") else ("ready" if row.get("ready") else "starting")
+        if row.get("inflight"):
+            state = "busy" if not row.get("retiring") else state
+        done = progress.get(row.get("pid"), {})
+        lines.append(
+            f"  {row.get('slot', '?'):<7}{row.get('pid', '?'):>8}  {state:<9}{row.get('inflight', 0):>8}  "
+            f"{row.get('heartbeat_age', 0):>8.1f}s  {done.get('chunks_done', 0):>7}  {done.get('lines_done', 0):>10}  "
+            f"{', '.join(row.get('current', [])) or '-'}"
+        )
+    return "\n".join(lines) + "\n"

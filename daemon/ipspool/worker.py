@@ -1,0 +1,343 @@
+"""A worker process: chunks in through a pipe, part files out.
+
+Each worker loads the pipeline once, then takes chunk descriptions (paths and
+offsets, never data) from the supervisor, reads the byte range itself, runs
+it through the pipeline and writes the result to a part file that it
+fsyncs. Only a small "done" message with counts goes back.
+
+A pipeline of non-blocking stages (``classify``, ``lists``, ``geoip``) runs
+inline on the main thread: threads would only contend for the GIL. A pipeline
+with a blocking stage (``rdns``, user stages by default) is cut into batches
+that run on the thread pool, several chunks at once, so slow lookups overlap;
+batches are joined back in order, so results keep input order.
+
+Progress is a heartbeat: a shared double holding the monotonic time of the
+last completed batch (or of the last idle moment). A stage that hangs stops
+the heartbeat and the supervisor replaces the worker. The worker exits when
+its pipe reports end-of-file, which is how it notices a dead supervisor.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from ipspool.chunking import Chunk
+from ipspool.config import Config, ConfigError
+from ipspool.exitcodes import ExitCode
+from ipspool.logs import configure_logging, get_logger
+from ipspool.pipeline import Pipeline, load_pipeline, process_lines, split_lines
+from ipspool.stats import StatsClient
+
+__all__ = ["ChunkFailed", "worker_main"]
+
+_INLINE_BATCH = 2048        # lines between heartbeats on the inline path
+_MAX_POOL_BATCH = 256       # lines per thread-pool task
+_PUBLISH_EVERY = 1.0        # seconds between worker-table updates
+_REFRESH_EVERY = 5.0        # seconds between stage refresh() calls
+_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@dataclass(frozen=True)
+class ChunkFailed(Exception):
+    """The chunk cannot be processed for a reason of its file (or disk)."""
+
+    reason: str
+    detail: str
+    retry: bool = False
+
+
+@dataclass
+class _Running:
+    """A chunk whose batches are on the thread pool."""
+
+    chunk: Chunk
+    part: str
+    outputs: list[bytes]
+    counts: Counter[str] = field(default_factory=Counter)
+    remaining: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def read_chunk(chunk: Chunk) -> bytes:
+    """The chunk's bytes, from the file the supervisor claimed and checked."""
+    try:
+        fd = os.open(chunk.path, _FILE_FLAGS)
+    except FileNotFoundError:
+        raise ChunkFailed("vanished", "the claimed file disappeared from active/") from None
+    except OSError as exc:
+        raise ChunkFailed("unreadable", f"cannot open: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (chunk.dev, chunk.ino):
+            raise ChunkFailed("replaced", "the file in active/ is not the one that was claimed")
+        data = os.pread(fd, chunk.end - chunk.start, chunk.start)
+    except OSError as exc:
+        raise ChunkFailed("unreadable", f"read error: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) != chunk.end - chunk.start:
+        raise ChunkFailed("changed", "the file shrank while it was processed (written to incoming/ directly?)")
+    return data
+
+
+def too_long_record(chunk: Chunk, limit: int) -> tuple[bytes, Counter[str]]:
+    """The error record for a line we refuse to read, from a short preview."""
+    from ipspool.pipeline import _error_record
+
+    fd = os.open(chunk.path, _FILE_FLAGS)
+    try:
+        preview = os.pread(fd, 64, chunk.start)
+    finally:
+        os.close(fd)
+    length = chunk.end - chunk.start
+    counts: Counter[str] = Counter(lines=1, invalid=1)
+    shown = preview.decode("utf-8", "backslashreplace")
+    return _error_record(chunk.first_line, shown, f"line too long: {length} bytes, limit {limit}"), counts
+
+
+def write_part(path: str, data: bytes) -> None:
+    """Write and fsync one part file; ENOSPC/EDQUOT is a retryable failure."""
+    try:
+        fd = os.open(path, _PART_FLAGS, 0o640)
+    except OSError as exc:
+        raise ChunkFailed("results_unwritable", f"cannot create {path}: {exc.strerror}", retry=True) from None
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        os.unlink(path)
+        retry = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
+        raise ChunkFailed("disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "write_error",
+                          f"writing {path}: {exc.strerror}", retry=retry) from None
+    os.close(fd)
+
+
+class Worker:
+    def __init__(
+        self,
+        slot: int,
+        conn: Connection,
+        heartbeat: Any,
+        config: Config,
+        pipeline: Pipeline,
+        stats: StatsClient | None,
+        parts_dir: str,
+    ) -> None:
+        self.slot = slot
+        self.conn = conn
+        self.heartbeat = heartbeat
+        self.config = config
+        self.pipeline = pipeline
+        self.stats = stats
+        self.parts_dir = parts_dir
+        self.log = get_logger()
+        self.send_lock = threading.Lock()
+        self.running: dict[tuple[int, int], _Running] = {}
+        self.running_lock = threading.Lock()
+        self.idle = threading.Condition(self.running_lock)
+        self.pool = ThreadPoolExecutor(config.workers.threads, thread_name_prefix="stage") if pipeline.blocking else None
+        self.chunks_done = 0
+        self.lines_done = 0
+        self.current = ""
+        self._published = 0.0
+        self._refreshed = time.monotonic()
+
+    # -- plumbing ---------------------------------------------------------
+
+    def beat(self) -> None:
+        self.heartbeat.value = time.monotonic()
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        with self.send_lock:
+            self.conn.send(message)
+
+    def publish(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self.stats is None or (not force and now - self._published < _PUBLISH_EVERY):
+            return
+        self._published = now
+        self.stats.call("update_worker", os.getpid(), {
+            "slot": self.slot, "pid": os.getpid(), "chunks_done": self.chunks_done,
+            "lines_done": self.lines_done, "current": self.current, "heartbeat": time.time(),
+            "state": "busy" if self.current or self.running else "idle",
+        })
+
+    def part_path(self, chunk: Chunk) -> str:
+        return f"{self.parts_dir}/{os.getpid()}.{chunk.job}.{chunk.index}.part"
+
+    def finish(self, chunk: Chunk, part: str, data: bytes, counts: Counter[str]) -> None:
+        try:
+            write_part(part, data)
+        except ChunkFailed as exc:
+            self.send(("failed", chunk.key, exc.reason, exc.detail, exc.retry))
+            return
+        self.chunks_done += 1
+        self.lines_done += counts["lines"]
+        self.send(("done", chunk.key, part, dict(counts)))
+
+    # -- the loop ---------------------------------------------------------
+
+    def run(self) -> None:
+        self.beat()
+        self.send(("ready", os.getpid()))
+        self.log.info("worker.started", threads=self.config.workers.threads, inline=self.pool is None,
+                      stages=list(self.pipeline.names))
+        while True:
+            if not self.conn.poll(0.5):
+                if not self.running:
+                    self.beat()
+                self.publish()
+                self.maybe_refresh()
+                continue
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                self.log.warning("worker.orphaned", reason="supervisor pipe closed")
+                os._exit(0)  # the supervisor is gone: nobody wants our results
+            if message[0] == "chunk":
+                self.start(message[1])
+            elif message[0] == "stop":
+                self.drain()
+                return
+            self.publish()
+
+    def maybe_refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._refreshed >= _REFRESH_EVERY:
+            self._refreshed = now
+            self.pipeline.refresh()
+
+    def start(self, chunk: Chunk) -> None:
+        self.send(("start", chunk.key))
+        part = self.part_path(chunk)
+        self.current = os.path.basename(chunk.path)
+        try:
+            if chunk.too_long:
+                data, counts = too_long_record(chunk, self.config.spool.max_line_bytes)
+                self.finish(chunk, part, data, counts)
+                return
+            raw = read_chunk(chunk)
+        except ChunkFailed as exc:
+            self.send(("failed", chunk.key, exc.reason, exc.detail, exc.retry))
+            return
+        except OSError as exc:
+            self.send(("failed", chunk.key, "unreadable", exc.strerror or str(exc), False))
+            return
+        lines = split_lines(raw)
+        del raw
+        if self.pool is None:
+            self.run_inline(chunk, part, lines)
+        else:
+            self.run_pooled(chunk, part, lines)
+
+    def run_inline(self, chunk: Chunk, part: str, lines: list[bytes]) -> None:
+        counts: Counter[str] = Counter()
+        outputs = []
+        for at in range(0, len(lines), _INLINE_BATCH):
+            outputs.append(process_lines(lines[at:at + _INLINE_BATCH], chunk.first_line + at, self.pipeline, counts))
+            self.beat()
+            self.publish()
+        self.finish(chunk, part, b"".join(outputs), counts)
+        self.current = ""
+
+    def run_pooled(self, chunk: Chunk, part: str, lines: list[bytes]) -> None:
+        assert self.pool is not None
+        threads = self.config.workers.threads
+        # Small batches when there are few lines, so a short file of slow
+        # lookups still spreads over every thread; large ones otherwise, so a
+        # fast stage does not pay a pool hand-off per address.
+        size = max(1, min(_MAX_POOL_BATCH, -(-len(lines) // threads)))
+        starts = list(range(0, len(lines), size))
+        state = _Running(chunk, part, [b""] * len(starts), remaining=len(starts))
+        if not starts:
+            self.finish(chunk, part, b"", Counter(lines=0))
+            return
+        with self.running_lock:
+            self.running[chunk.key] = state
+        for slot, at in enumerate(starts):
+            future = self.pool.submit(self.batch, state, slot, lines[at:at + size], chunk.first_line + at)
+            future.add_done_callback(self._check)
+
+    def batch(self, state: _Running, slot: int, lines: list[bytes], first: int) -> None:
+        counts: Counter[str] = Counter()
+        state.outputs[slot] = process_lines(lines, first, self.pipeline, counts)
+        self.beat()
+        with state.lock:
+            state.counts.update(counts)
+            state.remaining -= 1
+            last = state.remaining == 0
+        if last:
+            self.finish(state.chunk, state.part, b"".join(state.outputs), state.counts)
+            with self.running_lock:
+                del self.running[state.chunk.key]
+                if not self.running:
+                    self.current = ""
+                    self.idle.notify_all()
+
+    def _check(self, future: Future[None]) -> None:
+        # process_lines catches per-address errors; anything reaching here is
+        # a bug or a broken pipe, and the worker cannot promise results.
+        exc = future.exception()
+        if exc is not None:
+            self.log.error("worker.batch_crashed", error=f"{type(exc).__name__}: {exc}")
+            os._exit(70)
+
+    def drain(self) -> None:
+        with self.running_lock:
+            while self.running:
+                self.idle.wait(0.5)
+                self.beat()
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        self.publish(force=True)
+        self.pipeline.close()
+        self.log.info("worker.stopped", chunks_done=self.chunks_done, lines_done=self.lines_done)
+
+
+def worker_main(
+    slot: int,
+    conn: Connection,
+    heartbeat: Any,
+    config: Config,
+    runtime_dir: str,
+    authkey: bytes,
+    parts_dir: str,
+) -> None:
+    """Entry point of a worker process (started through the forkserver)."""
+    # Ctrl-C reaches the whole process group; only the supervisor decides.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
+    signal.signal(signal.SIGUSR2, signal.SIG_DFL)
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"ipspool: worker {slot}")
+    except ImportError:
+        pass
+    configure_logging(config.log.level, config.log.format, role="worker", worker=slot)
+    log = get_logger()
+    try:
+        pipeline = load_pipeline(config)
+    except ConfigError as exc:
+        log.error("worker.boot_failed", problems=list(exc.problems))
+        sys.exit(ExitCode.WORKER_BOOT_ERROR)
+    stats = StatsClient(Path(runtime_dir), authkey)
+    Worker(slot, conn, heartbeat, config, pipeline, stats, parts_dir).run()
