@@ -727,6 +727,8 @@ class Supervisor:
             return
         job.parts[key[1]] = part
         job.counts.update(counts)
+        self.log.debug("chunk.done", file=job.claimed.name, chunk=key[1], worker=worker.slot,
+                       lines=counts.get("lines", 0))
         if job.complete:
             self.to_commit.append(job)
 
