@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 
@@ -55,7 +56,7 @@ def test_chunks_tile_arbitrary_bytes(data: bytes, chunk: int, max_line: int) -> 
     """Chunks are contiguous, cover the file, and long lines are isolated, for arbitrary bytes."""
     parts = chunks_of(data, chunk, max_line)
     assert parts[0][0] == 0 and parts[-1][1] == len(data)
-    for (s1, e1, *_), (s2, *_rest) in zip(parts, parts[1:], strict=False):
+    for (s1, e1, *_), (s2, *_rest) in itertools.pairwise(parts):
         assert e1 == s2 and s1 < e1
     got = lines_via_chunks(data, chunk, max_line)
     expected = split_lines(data)

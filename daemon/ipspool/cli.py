@@ -75,7 +75,7 @@ def _snapshot(config: Config) -> dict[str, Any] | None:
     except ConnectionRefusedError:
         return None
     except PermissionError as exc:
-        raise SystemExit(f"ipspool: cannot read the daemon's stats ({exc}); run as the service user or root")
+        raise SystemExit(f"ipspool: cannot read the daemon's stats ({exc}); run as the service user or root") from None
     except AuthenticationError:
         raise SystemExit("ipspool: the stats socket refused our key (is the authkey from another daemon?)") from None
 

@@ -10,8 +10,10 @@ locked while we run and removed at exit.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
+from typing import Any
 
 from ipspool.config import Config
 from ipspool.exitcodes import ExitCode
@@ -20,8 +22,11 @@ __all__ = ["daemonize"]
 
 
 def daemonize(config: Config, args: argparse.Namespace) -> int:
-    import daemon
-    import daemon.pidfile
+    # python-daemon's import name is "daemon", which is also the name of our
+    # source directory: import it by name so type checkers run from the
+    # repository root do not mistake one for the other.
+    daemon: Any = importlib.import_module("daemon")
+    importlib.import_module("daemon.pidfile")
 
     from ipspool.logs import LogTarget, configure_logging
     from ipspool.supervisor import Supervisor

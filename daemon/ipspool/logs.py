@@ -122,7 +122,7 @@ def _json(_: Any, __: str, event_dict: EventDict) -> bytes:
     return line
 
 
-def _journal_prefix(_: Any, method: str, line: Any) -> bytes:
+def _journal_prefix(_: Any, method: str, line: bytes) -> bytes:
     level = method if method in _PRIORITY else "info"
     return b"<%d>" % _PRIORITY[level] + line
 

@@ -104,8 +104,9 @@ class _StatsServer(Server):
     def _handle_request(self, c: connection.Connection) -> None:
         _set_recv_timeout(c, _HANDSHAKE_TIMEOUT)
         try:
-            connection.deliver_challenge(c, self.authkey)
-            connection.answer_challenge(c, self.authkey)
+            authkey: bytes = self.authkey  # type: ignore[attr-defined]  # set by Server.__init__
+            connection.deliver_challenge(c, authkey)
+            connection.answer_challenge(c, authkey)
         except (AuthenticationError, EOFError, OSError) as exc:
             from ipspool.logs import get_logger
 

@@ -26,11 +26,13 @@ def render_status(snapshot: dict[str, Any]) -> str:
     daemon = snapshot.get("daemon", {})
     totals = snapshot.get("totals", {})
     progress = {row.get("pid"): row for row in snapshot.get("workers", {}).values()}
+    started = daemon.get("started", time.time())
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started))
+    config = daemon.get("config") or "<defaults>"
     lines = [
         f"ipspool - {daemon.get('spool', '?')}",
-        f"   State: {daemon.get('state', '?')} since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(daemon.get('started', 0)))}"
-        f" ({_age(time.time() - daemon.get('started', time.time()))} ago)",
-        f"     PID: {daemon.get('pid', '?')} (config {daemon.get('config') or '<defaults>'}, generation {daemon.get('generation', 0)})",
+        f"   State: {daemon.get('state', '?')} since {since} ({_age(time.time() - started)} ago)",
+        f"     PID: {daemon.get('pid', '?')} (config {config}, generation {daemon.get('generation', 0)})",
         f" Backlog: {daemon.get('backlog', 0)} file(s) waiting, oldest {daemon.get('backlog_age', 0):.1f}s; "
         f"{daemon.get('active', 0)} in progress",
         f"    Rate: {daemon.get('files_per_second', 0):.1f} files/s",
@@ -46,7 +48,8 @@ def render_status(snapshot: dict[str, Any]) -> str:
         verdict = "ok" if reload.get("ok") else "REFUSED: " + "; ".join(reload.get("problems", []))
         lines.append(f"  Reload: {verdict} ({_age(time.time() - reload.get('time', 0))} ago)")
     lines.append("")
-    lines.append(f"  {'WORKER':<7}{'PID':>8}  {'STATE':<9}{'INFLIGHT':>8}  {'HEARTBEAT':>9}  {'CHUNKS':>7}  {'LINES':>10}  CURRENT")
+    header = f"  {'WORKER':<7}{'PID':>8}  {'STATE':<9}{'INFLIGHT':>8}  {'HEARTBEAT':>9}  {'CHUNKS':>7}  {'LINES':>10}"
+    lines.append(header + "  CURRENT")
     for row in daemon.get("worker_table", []):
         state = "retiring" if row.get("retiring") else ("ready" if row.get("ready") else "starting")
         if row.get("inflight"):

@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
 from ipspool.chunking import Chunk, split_file
@@ -191,7 +190,7 @@ class Supervisor:
         runtime.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.authkey = ensure_authkey(runtime)
         self.recover()
-        self.ctx.set_forkserver_preload(["ipspool.forkserver"])  # type: ignore[attr-defined]
+        self.ctx.set_forkserver_preload(["ipspool.forkserver"])
         self.start_manager()
         for slot in range(config.process_count):
             self.spawn(slot)
@@ -364,7 +363,7 @@ class Supervisor:
 
     def spawn(self, slot: int) -> None:
         parent, child = self.ctx.Pipe(duplex=True)
-        heartbeat = self.ctx.RawValue("d", self.clock())  # type: ignore[attr-defined]
+        heartbeat = self.ctx.RawValue("d", self.clock())
         process = self.ctx.Process(  # type: ignore[attr-defined]
             target=worker_main,
             name=f"ipspool-worker-{slot}",
@@ -606,9 +605,10 @@ class Supervisor:
             idle = [w for w in self.slots.values() if w and self.capacity(w) and not w.inflight]
             if not idle:
                 break
-            chunk = self.isolated.popleft()
-            idle[0].exclusive = True
-            self.send(idle[0], chunk)
+            retry = self.isolated.popleft()
+            if self.live(retry):
+                idle[0].exclusive = True
+                self.send(idle[0], retry)
         while True:
             candidates = [w for w in self.slots.values() if w and self.capacity(w)]
             if not candidates:
@@ -620,21 +620,19 @@ class Supervisor:
 
     def next_chunk(self) -> Chunk | None:
         while self.requeued:
-            chunk = self.requeued.popleft()
-            if self.live(chunk):
-                return chunk
+            retry = self.requeued.popleft()
+            if self.live(retry):
+                return retry
         for job in list(self.jobs.values()):
             if job.chunks is not None and not job.failed:
-                chunk = self.split_next(job)
-                if chunk is not None:
-                    return chunk
-        while True:
-            job = self.claim_next()
-            if job is None:
-                return None
-            chunk = self.split_next(job)
-            if chunk is not None:
-                return chunk
+                more = self.split_next(job)
+                if more is not None:
+                    return more
+        while (new_job := self.claim_next()) is not None:
+            first = self.split_next(new_job)
+            if first is not None:
+                return first
+        return None
 
     def live(self, chunk: Chunk) -> bool:
         job = self.jobs.get(chunk.job)
@@ -787,10 +785,7 @@ class Supervisor:
                 continue
             parts = [job.parts[i] for i in range(job.total or 0)]
             try:
-                if len(parts) == 1:
-                    part = parts[0]
-                else:
-                    part = self.spool.assemble(parts, f"{job.seq}.assembled")
+                part = parts[0] if len(parts) == 1 else self.spool.assemble(parts, f"{job.seq}.assembled")
                 result = self.spool.publish_result(part, job.claimed.job_name)
             except FileExistsError:
                 self.fail_job(job, "result_exists",
@@ -894,8 +889,9 @@ class Supervisor:
             for w in sorted(self.workers.values(), key=lambda w: (w.slot, w.pid))
         ]
         self.stats.call("set_totals", dict(self.totals))
+        state = "stopping" if self.stopping else ("running" if self.ready_sent else "starting")
         self.stats.call("set_daemon", {
-            "pid": os.getpid(), "state": "stopping" if self.stopping else ("running" if self.ready_sent else "starting"),
+            "pid": os.getpid(), "state": state,
             "started": self.started_at, "spool": str(self.config.spool_dir), "config": self.config_path,
             "generation": self.generation, "processes": self.config.process_count,
             "threads": self.config.workers.threads, "backlog": len(self.backlog), "backlog_age": round(oldest, 3),

@@ -151,7 +151,8 @@ class Worker:
         self.running: dict[tuple[int, int], _Running] = {}
         self.running_lock = threading.Lock()
         self.idle = threading.Condition(self.running_lock)
-        self.pool = ThreadPoolExecutor(config.workers.threads, thread_name_prefix="stage") if pipeline.blocking else None
+        self.pool = (ThreadPoolExecutor(config.workers.threads, thread_name_prefix="stage")
+                     if pipeline.blocking else None)
         self.chunks_done = 0
         self.lines_done = 0
         self.current = ""
