@@ -117,9 +117,11 @@ class LogConfig(_Section):
 
 
 class ListConfig(_Section):
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
-    path: str
-    alert: bool = False
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")] = Field(
+        description="The name records and alerts carry (letters, digits, _ . -)."
+    )
+    path: str = Field(description="The list file: one address, CIDR or range a line; # and ; comments.")
+    alert: bool = Field(False, description="Log ip.listed (warning) when an address matches.")
 
 
 class RdnsConfig(_Section):
@@ -127,7 +129,9 @@ class RdnsConfig(_Section):
     timeout: PositiveFloat = Field(2.0, description="Seconds for one lookup attempt.")
     retries: Annotated[int, Field(ge=0)] = Field(1, description="Further attempts after a timeout.")
     cache_size: Annotated[int, Field(ge=0)] = Field(65536, description="Cached answers per worker.")
-    negative_ttl: Annotated[float, Field(ge=0)] = Field(300.0, description="Seconds an NXDOMAIN is cached.")
+    negative_ttl: Annotated[float, Field(ge=0)] = Field(
+        300.0, description="Longest time a no-PTR answer is cached (s); the zone's SOA can shorten it."
+    )
     forward_confirm: bool = Field(False, description="Check that the PTR name resolves back.")
 
     @field_validator("nameservers", mode="before")
