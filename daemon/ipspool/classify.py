@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-__all__ = ["CLASSES", "classify"]
+__all__ = ["CLASSES", "NETWORKS", "address_class", "classify", "classify_fields"]
 
 CLASSES = (
     "unspecified",
@@ -31,8 +31,19 @@ _PRIVATE_V4 = (
 )  # RFC 1918
 _PRIVATE_V6 = ipaddress.IPv6Network("fc00::/7")  # RFC 4193 unique local
 
+# Every network this module tests membership of. The fast parser (fastip.py)
+# splits its range tables at their edges, so a network added here must be
+# listed here too or the fast path cannot see it.
+NETWORKS: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = (
+    _SHARED,
+    *_PRIVATE_V4,
+    _PRIVATE_V6,
+)
 
-def address_class(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+
+# One return per class, in check order, reads as the documented list.
+def address_class(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:  # noqa: PLR0911
+    """The first class in check order that the address belongs to."""
     if address.is_unspecified:
         return "unspecified"
     if address.is_loopback:
@@ -53,8 +64,9 @@ def address_class(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str
 
 def classify(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> dict[str, Any]:
     """The fields the built-in ``classify`` stage adds to a record."""
-    return {
-        "version": address.version,
-        "class": address_class(address),
-        "global": address.is_global,
-    }
+    return classify_fields(address.version, address_class(address), address.is_global)
+
+
+def classify_fields(version: int, class_name: str, is_global: bool) -> dict[str, Any]:
+    """The ``classify`` fields from values already worked out (by the fast parser)."""
+    return {"version": version, "class": class_name, "global": is_global}

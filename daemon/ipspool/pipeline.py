@@ -22,8 +22,9 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
-from ipspool.classify import classify
+from ipspool.classify import classify, classify_fields
 from ipspool.config import Config, ConfigError
+from ipspool.fastip import ParsedAddress, fast_parse_classify
 
 __all__ = [
     "RESERVED_FIELDS",
@@ -62,6 +63,11 @@ class _Classify:
     def __call__(self, address: Address, /) -> Mapping[str, Any]:
         return classify(address)
 
+    def from_parsed(self, parsed: ParsedAddress) -> Mapping[str, Any]:
+        """The same fields from the fast parser's verdict, with no address object."""
+        _, version, class_name, is_global = parsed
+        return classify_fields(version, class_name, is_global)
+
 
 def _build_classify(config: Config) -> Stage:
     return _Classify()
@@ -86,6 +92,36 @@ BUILTIN_STAGES: dict[str, Callable[[Config], Stage]] = {
 }
 
 
+def _checked(fields: object) -> Mapping[str, Any]:
+    """A stage's return value, if it keeps the stage contract."""
+    if not isinstance(fields, Mapping):
+        raise TypeError(f"returned {type(fields).__name__}, expected a mapping or None")
+    clash = RESERVED_FIELDS.intersection(fields)
+    if clash:
+        raise ValueError(f"returned reserved field(s) {sorted(clash)}")
+    return fields
+
+
+class _Subject:
+    """One address as the stages see it: the fast parse, the object, or both."""
+
+    __slots__ = ("_address", "_parsed", "_text")
+
+    def __init__(self, text: str, parsed: ParsedAddress | None, address: Address | None) -> None:
+        self._text = text
+        self._parsed = parsed
+        self._address = address
+
+    def fields(self, stage: Stage) -> Mapping[str, Any] | None:
+        if self._parsed is not None and isinstance(stage, _Classify):
+            return stage.from_parsed(self._parsed)
+        if self._address is None:
+            # User stages get the ipaddress object, built on first need from
+            # text the fast parser already accepted, so this cannot fail.
+            self._address = parse_address(self._text)
+        return stage(self._address)
+
+
 @dataclass
 class Pipeline:
     """The loaded stages, in order, with their names."""
@@ -94,26 +130,43 @@ class Pipeline:
     stages: tuple[Stage, ...]
     max_line_bytes: int = 4096
     blocking: bool = field(init=False)
+    # Every stage is a built-in the fast parser's verdict covers (issue 5), so
+    # records need no ipaddress object at all.
+    parsed_only: bool = field(init=False)
 
     def __post_init__(self) -> None:
         # A stage is assumed to block (network, disk) unless it says otherwise;
         # a pipeline of non-blocking stages runs inline, skipping the pool.
         self.blocking = any(getattr(stage, "blocking", True) for stage in self.stages)
+        self.parsed_only = all(isinstance(stage, _Classify) for stage in self.stages)
 
     def run(self, address: Address) -> dict[str, Any]:
+        """Every stage's fields for one address."""
+        return self._collect(_Subject("", None, address))
+
+    def run_parsed(self, text: str, parsed: ParsedAddress) -> dict[str, Any]:
+        """Every stage's fields for text the fast parser accepted.
+
+        An ipaddress object is built from ``text`` only if a stage other than
+        a fast-path built-in needs one, and then once for all such stages.
+        """
+        if self.parsed_only:
+            # Built-ins that cannot fail or clash: skip the checks below.
+            record: dict[str, Any] = {}
+            for stage in self.stages:
+                if isinstance(stage, _Classify):  # always, when parsed_only
+                    record.update(stage.from_parsed(parsed))
+            return record
+        return self._collect(_Subject(text, parsed, None))
+
+    def _collect(self, subject: _Subject) -> dict[str, Any]:
         record: dict[str, Any] = {}
         errors: dict[str, str] = {}
         for name, stage in zip(self.names, self.stages, strict=True):
             try:
-                fields = stage(address)
-                if fields is None:
-                    continue
-                if not isinstance(fields, Mapping):
-                    raise TypeError(f"returned {type(fields).__name__}, expected a mapping or None")
-                clash = RESERVED_FIELDS.intersection(fields)
-                if clash:
-                    raise ValueError(f"returned reserved field(s) {sorted(clash)}")
-                record.update(fields)
+                fields = subject.fields(stage)
+                if fields is not None:
+                    record.update(_checked(fields))
             except Exception as exc:  # noqa: BLE001 - one address's failure must not sink the file
                 errors[name] = f"{type(exc).__name__}: {exc}"[:_INPUT_PREVIEW]
         if errors:
@@ -140,7 +193,7 @@ def _load_user_stage(spec: str) -> Stage:
         raise ValueError(f'expected a built-in name {sorted(BUILTIN_STAGES)} or "module:callable"')
     try:
         target: Any = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is a config error
+    except Exception as exc:
         raise ValueError(f"cannot import module {module_name!r}: {type(exc).__name__}: {exc}") from exc
     for part in qualname.split("."):
         try:
@@ -148,13 +201,13 @@ def _load_user_stage(spec: str) -> Stage:
         except AttributeError:
             raise ValueError(f"module {module_name!r} has no attribute {qualname!r}") from None
     if not callable(target):
-        raise ValueError(f"{qualname!r} is a {type(target).__name__}, not a callable")
+        raise TypeError(f"{qualname!r} is a {type(target).__name__}, not a callable")
     # Stages must be able to cross a process boundary by reference. A lambda,
     # a closure or a method of an object holding a lock or socket cannot, and
     # the bare PicklingError would not say which stage or why.
     try:
         pickle.dumps(target)
-    except Exception as exc:  # noqa: BLE001 - pickling raises several types
+    except Exception as exc:
         raise ValueError(
             f"cannot be sent to worker processes ({type(exc).__name__}: {exc}); "
             "define the stage as a top-level function or a module-level instance "
@@ -210,11 +263,13 @@ def process_lines(
     """Result records for consecutive lines numbered from ``first_line``."""
     out: list[bytes] = []
     limit = pipeline.max_line_bytes
-    for line_no, raw in enumerate(lines, first_line):
+    for line_no, physical in enumerate(lines, first_line):
+        raw = physical
         if len(raw) > limit:
             counts["invalid"] += 1
             shown = raw[:64].decode("utf-8", "backslashreplace")
-            out.append(_error_record(line_no, shown, f"line too long: {len(raw)} bytes, limit {limit}"))
+            message = f"line too long: {len(raw)} bytes, limit {limit}"
+            out.append(_error_record(line_no, shown, message))
             continue
         if line_no == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM):]
@@ -229,20 +284,22 @@ def process_lines(
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             counts["invalid"] += 1
-            out.append(_error_record(line_no, raw.decode("utf-8", "backslashreplace"), "not valid UTF-8"))
+            shown = raw.decode("utf-8", "backslashreplace")
+            out.append(_error_record(line_no, shown, "not valid UTF-8"))
             continue
         if "\x00" in text:
             counts["invalid"] += 1
             out.append(_error_record(line_no, text.replace("\x00", "\\x00"), "contains a NUL byte"))
             continue
         try:
-            address = parse_address(text)
+            # The fast parser raises parse_address's own errors (fastip.py).
+            parsed = fast_parse_classify(text)
         except ValueError as exc:
             counts["invalid"] += 1
             out.append(_error_record(line_no, text, f"not an IP address: {exc}"))
             continue
-        record: dict[str, Any] = {"line": line_no, "input": text, "ip": str(address)}
-        record.update(pipeline.run(address))
+        record: dict[str, Any] = {"line": line_no, "input": text, "ip": parsed[0]}
+        record.update(pipeline.run_parsed(text, parsed))
         counts["valid"] += 1
         cls = record.get("class")
         if isinstance(cls, str):
