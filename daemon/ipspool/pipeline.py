@@ -129,7 +129,10 @@ class Pipeline:
     names: tuple[str, ...]
     stages: tuple[Stage, ...]
     max_line_bytes: int = 4096
+    alert_cap: int = 20  # ip.listed alerts kept per chunk (alerts.listed_per_file)
     blocking: bool = field(init=False)
+    # Names of lists whose matches are alerts (from the lists stage, if any).
+    alert_lists: frozenset[str] = field(init=False)
     # Every stage is a built-in the fast parser's verdict covers (issue 5), so
     # records need no ipaddress object at all.
     parsed_only: bool = field(init=False)
@@ -139,6 +142,7 @@ class Pipeline:
         # a pipeline of non-blocking stages runs inline, skipping the pool.
         self.blocking = any(getattr(stage, "blocking", True) for stage in self.stages)
         self.parsed_only = all(isinstance(stage, _Classify) for stage in self.stages)
+        self.alert_lists = frozenset().union(*(getattr(s, "alert_lists", frozenset()) for s in self.stages))
 
     def run(self, address: Address) -> dict[str, Any]:
         """Every stage's fields for one address."""
@@ -230,7 +234,8 @@ def load_pipeline(config: Config, source: str = "<config>") -> Pipeline:
             problems.append(f"pipeline.stages[{index}] ({spec}): {exc}")
     if problems:
         raise ConfigError(source, tuple(problems))
-    return Pipeline(config.pipeline.stages, tuple(stages), config.spool.max_line_bytes)
+    return Pipeline(config.pipeline.stages, tuple(stages), config.spool.max_line_bytes,
+                    config.alerts.listed_per_file)
 
 
 def parse_address(text: str) -> Address:
@@ -257,10 +262,18 @@ def _error_record(line_no: int, shown: str, message: str) -> bytes:
     return orjson.dumps({"line": line_no, "input": shown[:_INPUT_PREVIEW], "error": message}) + b"\n"
 
 
-def process_lines(
-    lines: Sequence[bytes], first_line: int, pipeline: Pipeline, counts: Counts
+Alert = tuple[int, str, list[str]]  # (line, ip, names of alerting lists)
+
+
+def process_lines(  # noqa: PLR0912, PLR0915 - the per-line hot loop, kept inline for speed
+    lines: Sequence[bytes], first_line: int, pipeline: Pipeline, counts: Counts,
+    alerts: list[Alert] | None = None,
 ) -> bytes:
-    """Result records for consecutive lines numbered from ``first_line``."""
+    """Result records for consecutive lines numbered from ``first_line``.
+
+    Matches in alerting lists are counted in ``counts["listed_alerts"]``; the
+    first ``pipeline.alert_cap`` of them are appended to ``alerts``.
+    """
     out: list[bytes] = []
     limit = pipeline.max_line_bytes
     for line_no, physical in enumerate(lines, first_line):
@@ -306,15 +319,26 @@ def process_lines(
             counts["class." + cls] += 1
         if "stage_errors" in record:
             counts["stage_errors"] += 1
+        listed = record.get("lists")
+        if listed:
+            for name in listed:
+                counts["list." + name] += 1
+            alerting = [name for name in listed if name in pipeline.alert_lists]
+            if alerting:
+                counts["listed_alerts"] += 1
+                if alerts is not None and len(alerts) < pipeline.alert_cap:
+                    alerts.append((line_no, parsed[0], alerting))
         out.append(orjson.dumps(record) + b"\n")
     counts["lines"] += len(lines)
     return b"".join(out)
 
 
-def process_chunk(data: bytes, first_line: int, pipeline: Pipeline) -> tuple[bytes, Counts]:
+def process_chunk(
+    data: bytes, first_line: int, pipeline: Pipeline, alerts: list[Alert] | None = None
+) -> tuple[bytes, Counts]:
     """The pure heart: one chunk's bytes in, its result bytes and counts out."""
     counts: Counts = Counter()
-    return process_lines(split_lines(data), first_line, pipeline, counts), counts
+    return process_lines(split_lines(data), first_line, pipeline, counts, alerts), counts
 
 
 def merge_counts(parts: Iterable[Mapping[str, int]]) -> Counts:

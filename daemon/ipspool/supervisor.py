@@ -86,6 +86,7 @@ class Job:
     counts: Counter[str] = field(default_factory=Counter)
     failed: bool = False
     started: float = field(default_factory=time.monotonic)
+    alerts_logged: int = 0
 
     @property
     def complete(self) -> bool:
@@ -151,6 +152,7 @@ class Supervisor:
         self.finished = False
         self.last: dict[str, float] = {}  # when each periodic task last ran
         self.commit_retry_at = 0.0
+        self.dirty = False  # totals changed since the last publish
         self.manager: StatsManager | None = None
         self.manager_watch: Connection | None = None
         self.manager_restart_at = 0.0
@@ -277,7 +279,7 @@ class Supervisor:
             self.start_manager()
         if not self.stopping and self.every("rescan", self.config.spool.rescan_interval):
             self.rescan()
-        if self.every("publish", 1.0):
+        if (self.dirty and self.every("publish_soon", 0.2)) or self.every("publish", 1.0):
             self.publish()
         if self.every("status", 2.0):
             self.notifier.status(self.status_line())
@@ -410,8 +412,9 @@ class Supervisor:
         if kind == "start":
             worker.started.add(message[1])
         elif kind == "done":
-            _, key, part, counts = message
+            _, key, part, counts, alerts = message
             self.chunk_done(worker, key, part, counts)
+            self.alert(key, alerts)
         elif kind == "failed":
             _, key, reason, detail, retry = message
             self.chunk_failed(worker, key, reason, detail, retry)
@@ -730,6 +733,18 @@ class Supervisor:
         if job.complete:
             self.to_commit.append(job)
 
+    def alert(self, key: Key, alerts: list[tuple[int, str, list[str]]]) -> None:
+        """Log ip.listed for matches in alerting lists, up to the per-file limit."""
+        job = self.jobs.get(key[0])
+        if job is None or job.failed:
+            return
+        limit = self.config.alerts.listed_per_file
+        for line, ip, lists in alerts:
+            if job.alerts_logged >= limit:
+                return
+            job.alerts_logged += 1
+            self.log.warning("ip.listed", ip=ip, lists=lists, file=job.claimed.name, line=line)
+
     def chunk_failed(self, worker: WorkerHandle, key: Key, reason: str, detail: str, retry: bool) -> None:
         chunk = worker.inflight.pop(key, None)
         worker.started.discard(key)
@@ -814,6 +829,10 @@ class Supervisor:
                 self.attempts.pop(key, None)
             self.totals.update(job.counts)
             self.totals["files_done"] += 1
+            unlogged = job.counts["listed_alerts"] - job.alerts_logged
+            if unlogged > 0:
+                self.log.warning("ip.listed.suppressed", file=job.claimed.name, suppressed=unlogged,
+                                 logged=job.alerts_logged, limit=self.config.alerts.listed_per_file)
             self.totals["bytes"] += job.claimed.size
             self.log.info(
                 "file.done", file=job.claimed.name, job=job.claimed.job_name, result=result,
@@ -822,6 +841,7 @@ class Supervisor:
                 duration=round(now - job.started, 4),
             )
         self.rate_window.append((now, self.totals["files_done"]))
+        self.dirty = True
 
     def delay_commit(self, error: str) -> None:
         now = self.clock()
@@ -879,6 +899,7 @@ class Supervisor:
     def publish(self) -> None:
         if self.stats is None:
             return
+        self.dirty = False
         now = self.clock()
         oldest = time.time() - self.backlog[0][1] if self.backlog else 0.0
         workers = [

@@ -36,14 +36,14 @@ from ipspool.chunking import Chunk
 from ipspool.config import Config, ConfigError
 from ipspool.exitcodes import ExitCode
 from ipspool.logs import configure_logging, get_logger
-from ipspool.pipeline import Pipeline, load_pipeline, process_lines, split_lines
+from ipspool.pipeline import Alert, Pipeline, load_pipeline, process_lines, split_lines
 from ipspool.stats import StatsClient
 
 __all__ = ["ChunkFailed", "worker_main"]
 
 _INLINE_BATCH = 2048        # lines between heartbeats on the inline path
 _MAX_POOL_BATCH = 256       # lines per thread-pool task
-_PUBLISH_EVERY = 1.0        # seconds between worker-table updates
+_PUBLISH_EVERY = 0.25       # seconds between worker-table updates (one Manager round trip each)
 _REFRESH_EVERY = 5.0        # seconds between stage refresh() calls
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -65,6 +65,7 @@ class _Running:
     chunk: Chunk
     part: str
     outputs: list[bytes]
+    alerts: list[list[Alert]]
     counts: Counter[str] = field(default_factory=Counter)
     remaining: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -182,7 +183,8 @@ class Worker:
     def part_path(self, chunk: Chunk) -> str:
         return f"{self.parts_dir}/{os.getpid()}.{chunk.job}.{chunk.index}.part"
 
-    def finish(self, chunk: Chunk, part: str, data: bytes, counts: Counter[str]) -> None:
+    def finish(self, chunk: Chunk, part: str, data: bytes, counts: Counter[str],
+               alerts: list[Alert] | None = None) -> None:
         try:
             write_part(part, data)
         except ChunkFailed as exc:
@@ -190,7 +192,7 @@ class Worker:
             return
         self.chunks_done += 1
         self.lines_done += counts["lines"]
-        self.send(("done", chunk.key, part, dict(counts)))
+        self.send(("done", chunk.key, part, dict(counts), (alerts or [])[:self.pipeline.alert_cap]))
 
     # -- the loop ---------------------------------------------------------
 
@@ -249,12 +251,14 @@ class Worker:
 
     def run_inline(self, chunk: Chunk, part: str, lines: list[bytes]) -> None:
         counts: Counter[str] = Counter()
+        alerts: list[Alert] = []
         outputs = []
         for at in range(0, len(lines), _INLINE_BATCH):
-            outputs.append(process_lines(lines[at:at + _INLINE_BATCH], chunk.first_line + at, self.pipeline, counts))
+            batch = lines[at:at + _INLINE_BATCH]
+            outputs.append(process_lines(batch, chunk.first_line + at, self.pipeline, counts, alerts))
             self.beat()
             self.publish()
-        self.finish(chunk, part, b"".join(outputs), counts)
+        self.finish(chunk, part, b"".join(outputs), counts, alerts)
         self.current = ""
 
     def run_pooled(self, chunk: Chunk, part: str, lines: list[bytes]) -> None:
@@ -265,7 +269,7 @@ class Worker:
         # fast stage does not pay a pool hand-off per address.
         size = max(1, min(_MAX_POOL_BATCH, -(-len(lines) // threads)))
         starts = list(range(0, len(lines), size))
-        state = _Running(chunk, part, [b""] * len(starts), remaining=len(starts))
+        state = _Running(chunk, part, [b""] * len(starts), [[] for _ in starts], remaining=len(starts))
         if not starts:
             self.finish(chunk, part, b"", Counter(lines=0))
             return
@@ -277,14 +281,15 @@ class Worker:
 
     def batch(self, state: _Running, slot: int, lines: list[bytes], first: int) -> None:
         counts: Counter[str] = Counter()
-        state.outputs[slot] = process_lines(lines, first, self.pipeline, counts)
+        state.outputs[slot] = process_lines(lines, first, self.pipeline, counts, state.alerts[slot])
         self.beat()
         with state.lock:
             state.counts.update(counts)
             state.remaining -= 1
             last = state.remaining == 0
         if last:
-            self.finish(state.chunk, state.part, b"".join(state.outputs), state.counts)
+            alerts = [alert for batch in state.alerts for alert in batch]
+            self.finish(state.chunk, state.part, b"".join(state.outputs), state.counts, alerts)
             with self.running_lock:
                 del self.running[state.chunk.key]
                 if not self.running:
