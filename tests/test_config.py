@@ -140,3 +140,12 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["check-config", "--config", str(bad)]) == ExitCode.CONFIG_ERROR
     err = capsys.readouterr().err
     assert "workers.threads" in err
+
+
+def test_configuration_reference_is_generated_from_the_declarations() -> None:
+    """docs/configuration.md is exactly what `python -m ipspool.configdoc` renders."""
+    from ipspool.configdoc import render
+
+    assert (REPO / "docs" / "configuration.md").read_text() == render(), (
+        "regenerate with: python -m ipspool.configdoc > docs/configuration.md"
+    )

@@ -36,7 +36,9 @@ from typing import Any
 from ipspool.chunking import Chunk, split_file
 from ipspool.config import Config, ConfigError, load_config
 from ipspool.exitcodes import ExitCode
+from ipspool.health import HealthChecks
 from ipspool.logs import LogTarget, configure_logging, get_logger
+from ipspool.metrics import Metrics, Snapshot
 from ipspool.notify import Notifier, watchdog_interval
 from ipspool.pipeline import load_pipeline
 from ipspool.spool import Claimed, InputRejected, Spool, SpoolError
@@ -53,6 +55,8 @@ _HEALTHY_AFTER = 30.0       # a worker alive this long resets the back-off
 _MAX_BACKOFF = 30.0
 _SETTLE = 1.0               # a rescan skips files modified this recently
 _TICK = 0.25
+_EXTEND_EVERY = 2.0         # while draining, look for progress this often...
+_EXTEND_WINDOW = 10.0       # ...and keep systemd's stop timeout this far ahead when there was some
 
 
 @dataclass
@@ -100,7 +104,7 @@ class Job:
 
 
 class Supervisor:
-    def __init__(
+    def __init__(  # noqa: PLR0915 - every piece of the loop's state, declared in one place
         self,
         config: Config,
         config_path: str | None,
@@ -160,6 +164,9 @@ class Supervisor:
         self.authkey = b""
         self.watchdog_every = watchdog_interval()
         self.rate_window: deque[tuple[float, int]] = deque(maxlen=20)
+        self.health = HealthChecks(config.alerts, config.results_dir)
+        self.metrics = Metrics(config.metrics.textfile) if config.metrics.textfile else None
+        self.metrics_failing = False
 
     # ==================================================================
     # start-up and shutdown
@@ -240,6 +247,8 @@ class Supervisor:
         if self.manager is not None:
             self.manager_watch.close() if self.manager_watch else None
             self.manager.shutdown()
+        if self.metrics:
+            self.write_metrics()
         self.notifier.close()
         self.spool.close()
         self.log.info("daemon.stopped", exit_code=int(self.exit_code), **self.summary())
@@ -281,6 +290,12 @@ class Supervisor:
             self.rescan()
         if (self.dirty and self.every("publish_soon", 0.2)) or self.every("publish", 1.0):
             self.publish()
+        if self.every("health", 5.0):
+            self.health.alerts = self.config.alerts
+            self.health.backlog(now, len(self.backlog), self.backlog_age())
+            self.health.disk(now)
+        if self.metrics and self.every("metrics", self.config.metrics.interval):
+            self.write_metrics()
         if self.every("status", 2.0):
             self.notifier.status(self.status_line())
         if self.watchdog_every and self.healthy(now) and self.every("watchdog", self.watchdog_every):
@@ -544,7 +559,7 @@ class Supervisor:
         try:
             self.manager, self.manager_watch = start_manager(
                 self.ctx, self.config.runtime_dir, self.authkey, self.config.log.level,
-                f"ipspool: stats {self.config.spool_dir}",
+                f"ipspool: stats {self.config.spool_dir}", log_file=self.config.log.file,
             )
         except (OSError, EOFError) as exc:
             self.log.error("stats.start_failed", error=str(exc))
@@ -829,6 +844,8 @@ class Supervisor:
                 self.attempts.pop(key, None)
             self.totals.update(job.counts)
             self.totals["files_done"] += 1
+            if self.metrics:
+                self.metrics.observe_file(now - job.started)
             unlogged = job.counts["listed_alerts"] - job.alerts_logged
             if unlogged > 0:
                 self.log.warning("ip.listed.suppressed", file=job.claimed.name, suppressed=unlogged,
@@ -863,6 +880,7 @@ class Supervisor:
         if not self.stopping or self.finished:
             return
         if self.inflight_count() and self.clock() < self.stop_deadline:
+            self.extend_stop()
             return
         if self.inflight_count():
             self.log.warning("daemon.stop_timeout", inflight=self.inflight_count(),
@@ -876,12 +894,32 @@ class Supervisor:
                 worker.process.join(max(0.0, deadline - time.monotonic()))
         self.finished = True
 
+    def extend_stop(self) -> None:
+        """Keep systemd's TimeoutStopSec from cutting a drain that still makes progress.
+
+        EXTEND_TIMEOUT_USEC (sd_notify(3)) only ever pushes the deadline out,
+        so it matters once graceful_timeout outlasts TimeoutStopSec. Progress
+        is a worker holding chunks that beat since the last look; a stalled
+        drain gets no extension, and graceful_timeout still bounds ours.
+        """
+        if not self.notifier.enabled or not self.every("extend_stop", _EXTEND_EVERY):
+            return
+        beats = [w.heartbeat.value for w in self.workers.values() if w.inflight]
+        latest = max(beats, default=0.0)
+        if latest > self.last.get("drain_progress", 0.0):
+            self.notifier.extend_timeout(_EXTEND_WINDOW)
+        self.last["drain_progress"] = latest
+
     # ==================================================================
     # reporting
     # ==================================================================
 
     def summary(self) -> dict[str, int]:
         return {k: self.totals[k] for k in ("files_done", "files_failed", "lines", "valid", "invalid")}
+
+    def backlog_age(self) -> float:
+        """Seconds the oldest waiting file has waited (by its mtime or first sighting)."""
+        return max(0.0, time.time() - self.backlog[0][1]) if self.backlog else 0.0
 
     def files_per_second(self) -> float:
         if len(self.rate_window) < 2:
@@ -901,7 +939,7 @@ class Supervisor:
             return
         self.dirty = False
         now = self.clock()
-        oldest = time.time() - self.backlog[0][1] if self.backlog else 0.0
+        oldest = self.backlog_age()
         workers = [
             {"slot": w.slot, "pid": w.pid, "ready": w.ready, "retiring": w.retiring,
              "inflight": len(w.inflight), "heartbeat_age": round(now - w.heartbeat.value, 3),
@@ -919,6 +957,23 @@ class Supervisor:
             "active": len(self.jobs), "files_per_second": round(self.files_per_second(), 2),
             "worker_table": workers,
         })
+
+    def write_metrics(self) -> None:
+        assert self.metrics is not None
+        snapshot = Snapshot(
+            totals=dict(self.totals), backlog_files=len(self.backlog), backlog_age=self.backlog_age(),
+            workers_alive=sum(1 for w in self.slots.values() if w is not None and w.ready),
+            workers_configured=self.config.process_count, active_files=len(self.jobs),
+            up=not (self.stopping or self.finished),
+        )
+        try:
+            self.metrics.write(snapshot)
+        except OSError as exc:
+            if not self.metrics_failing:
+                self.log.error("metrics.write_failed", path=self.metrics.path, error=str(exc))
+            self.metrics_failing = True
+        else:
+            self.metrics_failing = False
 
     def publish_reload(self, ok: bool, problems: list[str]) -> None:
         if self.stats is not None:

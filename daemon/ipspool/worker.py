@@ -35,7 +35,7 @@ from typing import Any
 from ipspool.chunking import Chunk
 from ipspool.config import Config, ConfigError
 from ipspool.exitcodes import ExitCode
-from ipspool.logs import configure_logging, get_logger
+from ipspool.logs import LogTarget, configure_logging, get_logger
 from ipspool.pipeline import Alert, Pipeline, load_pipeline, process_lines, split_lines
 from ipspool.stats import StatsClient
 
@@ -313,7 +313,7 @@ class Worker:
             self.pool.shutdown(wait=True)
         self.publish(force=True)
         self.pipeline.close()
-        self.log.info("worker.stopped", chunks_done=self.chunks_done, lines_done=self.lines_done)
+        self.log.info("worker.drained", chunks_done=self.chunks_done, lines_done=self.lines_done)
 
 
 def worker_main(
@@ -338,7 +338,10 @@ def worker_main(
         setproctitle(f"ipspool: worker {slot}")
     except ImportError:
         pass
-    configure_logging(config.log.level, config.log.format, role="worker", worker=slot)
+    # Into log.file when one is set, like the supervisor: on stdout these
+    # lines would be lost whenever stdout is not the journal (issue 4).
+    configure_logging(config.log.level, config.log.format, role="worker", worker=slot,
+                      target=LogTarget(config.log.file))
     log = get_logger()
     try:
         pipeline = load_pipeline(config)
