@@ -362,6 +362,18 @@ class Supervisor:
             self.publish_reload(ok=False, problems=problems)
             return
         self.notifier.reloading()
+        if new == self.config:
+            # Same settings: only data files (lists, databases) may have
+            # changed. Workers re-read them in place, each swapping in the new
+            # tables at once, so matching never pauses and no worker restarts.
+            for worker in self.workers.values():
+                if not worker.retiring:
+                    self.send_message(worker, ("refresh",))
+            self.log.info("config.reloaded", generation=self.generation, mode="refresh",
+                          workers=[w.pid for w in self.workers.values() if not w.retiring])
+            self.notifier.ready(self.status_line())
+            self.publish_reload(ok=True, problems=[])
+            return
         self.config = new
         self.log_target = configure_logging(new.log.level, new.log.format, role="supervisor", target=self.log_target)
         self.generation += 1
@@ -449,7 +461,7 @@ class Supervisor:
         elif self.reload_pending:
             self.reload_pending = False
             self.notifier.ready(self.status_line())
-            self.log.info("config.reloaded", generation=self.generation, workers=[w.pid for w in current])
+            self.log.info("config.reloaded", generation=self.generation, mode="replace", workers=[w.pid for w in current])
             self.publish_reload(ok=True, problems=[])
 
     def on_worker_exit(self, worker: WorkerHandle) -> None:
@@ -718,10 +730,14 @@ class Supervisor:
 
     def send(self, worker: WorkerHandle, chunk: Chunk) -> None:
         worker.inflight[chunk.key] = chunk
+        self.send_message(worker, ("chunk", chunk))
+
+    @staticmethod
+    def send_message(worker: WorkerHandle, message: tuple[Any, ...]) -> None:
         try:
-            worker.conn.send(("chunk", chunk))
+            worker.conn.send(message)
         except OSError:
-            pass  # the worker is dead; its sentinel will hand the chunk back
+            pass  # the worker is dead; its sentinel will hand its chunks back
 
     def inflight_count(self) -> int:
         return sum(len(w.inflight) for w in self.workers.values())

@@ -215,10 +215,13 @@ class Worker:
                 os._exit(0)  # the supervisor is gone: nobody wants our results
             if message[0] == "chunk":
                 self.start(message[1])
+            elif message[0] == "refresh":
+                self.pipeline.refresh()  # a reload that changed only data files
             elif message[0] == "stop":
                 self.drain()
                 return
             self.publish()
+            self.maybe_refresh()
 
     def maybe_refresh(self) -> None:
         now = time.monotonic()
