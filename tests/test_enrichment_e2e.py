@@ -46,7 +46,8 @@ def test_all_stages_enrich_records_and_alert(make_daemon: Callable[..., Daemon],
     suppressed = d.wait_event("ip.listed.suppressed")
     assert suppressed["suppressed"] == 1 and suppressed["level"] == "warning"
     listed = d.events("ip.listed")
-    assert [(e["ip"], e["line"], e["lists"]) for e in listed] == [("192.0.2.1", 1, ["drop"]), ("192.0.2.2", 2, ["drop"])]
+    expected = [("192.0.2.1", 1, ["drop"]), ("192.0.2.2", 2, ["drop"])]
+    assert [(e["ip"], e["line"], e["lists"]) for e in listed] == expected
     assert d.stop() == 0
 
 

@@ -461,7 +461,8 @@ class Supervisor:
         elif self.reload_pending:
             self.reload_pending = False
             self.notifier.ready(self.status_line())
-            self.log.info("config.reloaded", generation=self.generation, mode="replace", workers=[w.pid for w in current])
+            self.log.info("config.reloaded", generation=self.generation, mode="replace",
+                          workers=[w.pid for w in current])
             self.publish_reload(ok=True, problems=[])
 
     def on_worker_exit(self, worker: WorkerHandle) -> None:
