@@ -35,6 +35,9 @@ class Chunk:
     too_long: bool = False
     dev: int = 0      # (dev, ino) the supervisor saw; the worker checks it
     ino: int = 0
+    # A whole file's only chunk: its part file *is* the result, so the worker
+    # fsyncs it. Parts of larger files are fsync'd once, after assembly.
+    sync: bool = True
 
     @property
     def key(self) -> tuple[int, int]:
@@ -95,7 +98,7 @@ def split_file(
 
     def make(start: int, end: int, first: int, too_long: bool = False) -> Chunk:
         nonlocal index
-        chunk = Chunk(job, index, path, start, end, first, too_long, dev, ino)
+        chunk = Chunk(job, index, path, start, end, first, too_long, dev, ino, sync=(start, end) == (0, size))
         index += 1
         return chunk
 
