@@ -1,0 +1,291 @@
+"""A throw-away systemd in a container, with ipspool installed from this repository.
+
+Recipe and pitfalls: ../shared/notes/systemd-in-ci.md. The container runs
+the host's /usr on a volatile root (``systemd-nspawn -D / --volatile=yes``),
+with the repository, the test virtualenv and its base Python bound read-only
+at the same paths. The packaged unit, sysusers and tmpfiles files are
+installed as they are; a test-only drop-in points ExecStart=/ExecReload= at
+the virtualenv and makes it visible through the sandbox.
+
+Only processes this module starts are touched: the container is powered off
+through its own systemd, or its nspawn process is signalled by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import wait_for, write_toml  # noqa: E402
+
+__all__ = ["Machine", "boot_ipspool", "require_container", "wait_for"]
+
+SPOOL = "/var/spool/ipspool"
+CONFIG = "/etc/ipspool/ipspool.toml"
+UNIT = "ipspool.service"
+PRODUCER = "producer"
+_HOMES = ("/root", "/home")
+
+
+def require_container() -> None:
+    """Skip (or fail, with IPSPOOL_REQUIRE_SYSTEMD=1) where a container cannot be booted."""
+    reason = ""
+    if os.geteuid() != 0:
+        reason = "booting a systemd container needs root"
+    elif shutil.which("systemd-nspawn") is None:
+        reason = "systemd-nspawn is missing (apt-get install systemd-container)"
+    elif shutil.which("nsenter") is None:
+        reason = "nsenter is missing (util-linux)"
+    if reason:
+        if os.environ.get("IPSPOOL_REQUIRE_SYSTEMD") == "1":
+            pytest.fail(f"IPSPOOL_REQUIRE_SYSTEMD=1 but {reason}")
+        pytest.skip(reason)
+
+
+def _under(path: str, parents: tuple[str, ...]) -> bool:
+    return any(path == p or path.startswith(p.rstrip("/") + "/") for p in parents)
+
+
+def python_paths() -> list[str]:
+    """The directories the service's interpreter needs: the repository, the venv, its base Python."""
+    paths: list[str] = []
+    for candidate in (str(REPO), sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable))):
+        real = os.path.realpath(candidate)
+        if _under(real, ("/usr",)) or _under(real, tuple(paths)):
+            continue  # the container has the host's /usr; nested paths come with their parent
+        paths = [p for p in paths if not _under(p, (real,))] + [real]
+    return paths
+
+
+def _mounted(path: str) -> bool:
+    with open("/proc/self/mountinfo") as handle:
+        return any(line.split()[4] == path for line in handle)
+
+
+class Machine:
+    """One booted container; ``run`` executes inside it through nsenter."""
+
+    def __init__(self, name: str, log: Path) -> None:
+        self.name = name
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.leader = 0
+
+    # -- life cycle ---------------------------------------------------------
+
+    def boot(self, binds: list[str]) -> None:
+        nspawn_dir = "/run/systemd/nspawn"
+        if not _mounted(nspawn_dir):
+            # Without it nspawn refuses: "Attempted to remove disk file system
+            # under /run/systemd/nspawn/propagate/...". Another test may have
+            # mounted it already; then leave it alone.
+            os.makedirs(nspawn_dir, exist_ok=True)
+            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", nspawn_dir], check=True)
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                ["systemd-nspawn", "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
+                 "-M", self.name, "--console=pipe", *[f"--bind-ro={b}" for b in binds], "--boot"],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.leader = wait_for(self._find_leader, 30, 0.05, what=f"container {self.name} to start")
+        # Until PID 1 has made its socket, systemctl fails at once with no answer;
+        # after that, --wait returns when the boot is done.
+        state = wait_for(self._boot_state, 60, 0.1, what=f"systemd in {self.name} to answer")
+        assert state in ("running", "degraded"), f"container {self.name} boots to {state!r}; see {self.log}"
+
+    def _boot_state(self) -> str:
+        return self.run("systemctl", "is-system-running", "--wait", check=False, timeout=90).stdout.strip()
+
+    def _find_leader(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"systemd-nspawn exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                # The child becomes the container's PID 1 once it has exec'd systemd;
+                # entering it earlier would land in half-made namespaces.
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid and "(systemd)" in stat:
+                    return int(entry)
+        return 0
+
+    def poweroff(self) -> None:
+        if self.proc is None:
+            return
+        self.run("systemctl", "poweroff", check=False, timeout=30)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()  # our own nspawn process, by its pid
+            self.proc.wait(10)
+        self.proc = None
+
+    # -- commands -----------------------------------------------------------
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60, stdin: str | None = None,
+            user: str | None = None) -> subprocess.CompletedProcess[str]:
+        if user is not None:
+            argv = ("setpriv", f"--reuid={user}", "--regid=ipspool-submit", "--init-groups", *argv)
+        result = subprocess.run(
+            ["nsenter", "-t", str(self.leader), "-a", *argv], input=stdin, capture_output=True, text=True,
+            timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def sh(self, script: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        return self.run("sh", "-c", script, **kwargs)
+
+    def write(self, path: str, text: str) -> None:
+        self.run("sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1"', "sh", path, stdin=text)
+
+    def exists(self, path: str) -> bool:
+        return self.run("test", "-e", path, check=False).returncode == 0
+
+    def systemctl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.run("systemctl", *args, check=check, timeout=timeout)
+
+    def show(self, *props: str) -> dict[str, str]:
+        out = self.systemctl("show", UNIT, *[f"--property={p}" for p in props]).stdout
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    # -- the journal --------------------------------------------------------
+
+    def cursor(self) -> str:
+        out = self.run("journalctl", "-n", "1", "-o", "json", "--no-pager").stdout.strip()
+        return str(json.loads(out.splitlines()[-1])["__CURSOR"]) if out else ""
+
+    def journal(self, after: str = "", *extra: str) -> list[dict[str, Any]]:
+        """Entries of the unit (``extra``: more journalctl options) logged after the cursor ``after``."""
+        args = ["journalctl", "-u", UNIT, "-o", "json", "--no-pager", *extra]
+        if after:
+            # Not --after-cursor: with matches, systemd 252's journalctl skips the
+            # first *matching* entry after the cursor. --cursor is inclusive.
+            args.append(f"--cursor={after}")
+        entries = [json.loads(line) for line in self.run(*args).stdout.splitlines() if line.strip()]
+        return [e for e in entries if e["__CURSOR"] != after]
+
+    def events(self, after: str = "", name: str | None = None) -> list[dict[str, Any]]:
+        """Our JSON log events (journald already stripped the <N> prefix)."""
+        found = []
+        for entry in self.journal(after):
+            message = entry.get("MESSAGE")
+            if entry.get("_TRANSPORT") == "stdout" and isinstance(message, str) and message.startswith("{"):
+                event = json.loads(message)
+                if name is None or event.get("event") == name:
+                    found.append(event)
+        return found
+
+    def wait_event(self, name: str, after: str, timeout: float = 30,
+                   where: Callable[[dict[str, Any]], bool] = lambda e: True) -> dict[str, Any]:
+        def find() -> dict[str, Any] | None:
+            return next((e for e in self.events(after, name) if where(e)), None)
+
+        return wait_for(find, timeout, 0.2, what=f"journal event {name}")  # type: ignore[no-any-return]
+
+    # -- ipspool ------------------------------------------------------------
+
+    def configure(self, **sections: dict[str, Any]) -> None:
+        """Write /etc/ipspool/ipspool.toml: the packaged file plus ``sections``."""
+        data = tomllib.loads((REPO / "systemd" / "ipspool.toml").read_text())
+        for section, body in sections.items():
+            data[section] = {**data.get(section, {}), **body}
+        self.write(CONFIG, _toml(data))
+
+    def submit(self, name: str, content: str) -> None:
+        """A producer (non-root, in ipspool-submit) writes into tmp/ and renames into incoming/."""
+        self.run("sh", "-c", f'cat > {SPOOL}/tmp/.{name} && mv {SPOOL}/tmp/.{name} {SPOOL}/incoming/{name}',
+                 stdin=content, user=PRODUCER)
+
+    def result(self, name: str) -> list[dict[str, Any]] | None:
+        out = self.run("cat", f"{SPOOL}/results/{name}.jsonl", check=False)
+        if out.returncode != 0:
+            return None
+        return [json.loads(line) for line in out.stdout.splitlines()]
+
+    def wait_result(self, name: str, timeout: float = 60) -> list[dict[str, Any]]:
+        return wait_for(lambda: self.result(name), timeout, 0.2, what=f"result of {name}")  # type: ignore[no-any-return]
+
+    def main_pid(self) -> int:
+        return int(self.show("MainPID")["MainPID"])
+
+    def pids(self, title: str) -> list[int]:
+        out = self.run("pgrep", "-f", f"^{title}", check=False).stdout
+        return [int(p) for p in out.split()]
+
+    def reset(self, **sections: dict[str, Any]) -> str:
+        """Stop the service, empty the spool, configure, start; returns a journal cursor from before."""
+        self.systemctl("stop", UNIT, check=False)
+        self.systemctl("reset-failed", UNIT, check=False)
+        self.sh(f"find {SPOOL} -mindepth 2 \\( -type f -o -type l -o -type p \\) -delete")
+        self.configure(**sections)
+        cursor = self.cursor()
+        self.systemctl("start", UNIT)
+        return cursor
+
+
+def _toml(data: dict[str, Any]) -> str:
+    path = Path(f"/tmp/ipspool-system-{os.getpid()}-{time.monotonic_ns()}.toml")
+    try:
+        return write_toml(path, data).read_text()
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def dropin(extra: str = "") -> str:
+    """The test-only drop-in: run from the test virtualenv, visible through the sandbox."""
+    paths = python_paths()
+    lines = [
+        "[Service]",
+        "ExecStart=",
+        f"ExecStart={sys.executable} -m ipspool run --config {CONFIG}",
+        "ExecReload=",
+        f"ExecReload={sys.executable} -m ipspool reload --config {CONFIG} --pid $MAINPID",
+        f"Environment=PYTHONPATH={REPO / 'tests'}",
+        # PrivateTmp= and ProtectHome= would hide a venv under /tmp or /root.
+        f"BindReadOnlyPaths={' '.join(paths)}",
+    ]
+    if any(_under(p, _HOMES) for p in paths):
+        lines.append("ProtectHome=tmpfs")  # tmpfs over /root and /home, with the binds above on top
+    return "\n".join(lines) + "\n" + extra
+
+
+def boot_ipspool(name: str, log_dir: Path, extra_dropin: str = "") -> Iterator[Machine]:
+    """Boot, install unit + sysusers + tmpfiles + config + a producer user; power off at the end."""
+    require_container()
+    machine = Machine(f"{name}-{os.getpid()}", log_dir / f"{name}.nspawn.log")
+    try:
+        machine.boot(python_paths())
+        systemd_dir = REPO / "systemd"
+        machine.write("/etc/systemd/system/ipspool.service", (systemd_dir / "ipspool.service").read_text())
+        machine.write("/etc/systemd/system/ipspool.service.d/test.conf", dropin(extra_dropin))
+        machine.write("/etc/sysusers.d/ipspool.conf", (systemd_dir / "ipspool.sysusers").read_text())
+        machine.write("/etc/tmpfiles.d/ipspool.conf", (systemd_dir / "ipspool.tmpfiles").read_text())
+        machine.configure()
+        machine.sh("systemd-sysusers && systemd-tmpfiles --create /etc/tmpfiles.d/ipspool.conf")
+        machine.run("useradd", "--no-create-home", "-G", "ipspool-submit", PRODUCER)
+        # The volatile root's /root is 0750: let the producer reach a venv bound under it.
+        for path in python_paths():
+            for parent in Path(path).parents:
+                if str(parent) != "/":
+                    machine.run("chmod", "o+x", str(parent))
+        machine.systemctl("daemon-reload")
+        yield machine
+    finally:
+        machine.poweroff()
