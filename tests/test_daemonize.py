@@ -63,6 +63,11 @@ class Detached:
 
     def kill(self) -> None:
         """Test cleanup: kill the processes of the daemon's own session."""
+        if not self.sid and self.pidfile.exists():
+            try:
+                self.sid = os.getsid(int(self.pidfile.read_text()))
+            except (ValueError, ProcessLookupError):
+                return
         if not self.sid:
             return
         for entry in os.listdir("/proc"):
@@ -87,9 +92,9 @@ def test_daemonize_pidfile_rotation_and_graceful_term(detached: Detached) -> Non
     d.pidfile.write_text("999999\n")  # left by a killed daemon: no lock, so it must not block
     started = d.start()
     assert started.returncode == 0, started.stderr
-    d.pid = wait_for(lambda: int(d.pidfile.read_text() or 0) if d.pidfile.exists() else 0, 30, what="pidfile")
-    wait_for(lambda: d.events(name="daemon.ready"), 30, what="daemon.ready in the log file")
-    assert d.events(name="daemon.ready")[0]["pid"] == d.pid
+    ready = wait_for(lambda: d.events(name="daemon.ready"), 30, what="daemon.ready in the log file")[0]
+    d.pid = int(d.pidfile.read_text())  # written before the supervisor starts, so final by now
+    assert ready["pid"] == d.pid
     d.sid = os.getsid(d.pid)
     assert d.sid not in (os.getsid(0), d.pid), "detached: a new session it does not lead (double fork)"
     assert oct(os.stat(d.log).st_mode & 0o777) == oct(0o640)
