@@ -146,7 +146,7 @@ StatsManager.register("stats", callable=_served_stats, exposed=(
 ))
 
 
-def _serve_init(title: str, level: str, watch: connection.Connection) -> None:
+def _serve_init(title: str, level: str, watch: connection.Connection, log_file: str = "") -> None:
     """Runs first in the Manager process."""
     # The Manager outlives neither signals sent to the process group (the
     # supervisor decides when it stops) nor the supervisor itself.
@@ -159,9 +159,10 @@ def _serve_init(title: str, level: str, watch: connection.Connection) -> None:
         setproctitle(title)
     except ImportError:
         pass
-    from ipspool.logs import configure_logging
+    from ipspool.logs import LogTarget, configure_logging
 
-    configure_logging(level, "json", role="stats")
+    # log.file too: stats.client_refused must reach the operator's log.
+    configure_logging(level, "json", role="stats", target=LogTarget(log_file))
 
     def watch_parent() -> None:
         try:
@@ -193,7 +194,7 @@ def read_authkey(runtime_dir: Path) -> bytes:
 
 
 def start_manager(
-    ctx: BaseContext, runtime_dir: Path, authkey: bytes, level: str, title: str
+    ctx: BaseContext, runtime_dir: Path, authkey: bytes, level: str, title: str, log_file: str = ""
 ) -> tuple[StatsManager, connection.Connection]:
     """Start the Manager; the returned pipe end keeps it alive while held."""
     address = runtime_dir / SOCKET_NAME
@@ -203,7 +204,7 @@ def start_manager(
         pass
     keep, watch = ctx.Pipe(duplex=False)
     manager = StatsManager(address=str(address), authkey=authkey, ctx=ctx)
-    manager.start(_serve_init, (title, level, keep))
+    manager.start(_serve_init, (title, level, keep, log_file))
     keep.close()
     return manager, watch
 
