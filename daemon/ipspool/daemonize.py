@@ -1,24 +1,66 @@
 """``ipspool run --daemonize``: for hosts without systemd.
 
 python-daemon's DaemonContext is configured deliberately: its defaults would
-close stdout/stderr (our log destination) and turn SIGTERM into SystemExit
-(skipping the graceful drain), so logs go to a file, the signal map is left
-empty for the supervisor to install its own handlers, and the pidfile is
-locked while we run and removed at exit.
+send stdout/stderr to /dev/null and turn SIGTERM into SystemExit (skipping
+the graceful drain), so logs go to a file (stdout and stderr too, so worker
+lines and tracebacks are kept), the signal map is left empty for the
+supervisor to install its own handlers, and the pidfile is held with
+flock(2) while we run and removed at exit.
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import importlib
 import os
 import sys
 from typing import Any
 
-from ipspool.config import Config
+from ipspool.config import Config, load_config
 from ipspool.exitcodes import ExitCode
 
-__all__ = ["daemonize"]
+__all__ = ["LockedPidfile", "daemonize"]
+
+
+class LockedPidfile:
+    """A pidfile held with flock(2) for the daemon's lifetime.
+
+    The lock, not the file's existence, says "running", so a pidfile left
+    behind by a killed daemon does not block the next start (python-daemon's
+    lockfile-based PIDLockFile refuses until someone deletes it). The lock is
+    taken before detaching, so a second start fails on the terminal; the
+    descriptor survives DaemonContext's close-all (files_preserve), and the
+    pid written on entry is the detached daemon's.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+
+    def acquire(self) -> str | None:
+        """Take the lock; on failure, return what the holder wrote (its pid)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip()
+            os.close(fd)
+            return holder or "?"
+        self.fd = fd
+        return None
+
+    def __enter__(self) -> LockedPidfile:
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        try:
+            os.unlink(self.path)  # while still locked: nobody can take over a file about to vanish
+        except FileNotFoundError:
+            pass
+        os.close(self.fd)
 
 
 def daemonize(config: Config, args: argparse.Namespace) -> int:
@@ -26,30 +68,38 @@ def daemonize(config: Config, args: argparse.Namespace) -> int:
     # source directory: import it by name so type checkers run from the
     # repository root do not mistake one for the other.
     daemon: Any = importlib.import_module("daemon")
-    importlib.import_module("daemon.pidfile")
 
     from ipspool.logs import LogTarget, configure_logging
     from ipspool.supervisor import Supervisor
 
-    log_file = config.log.file or str(config.runtime_dir / "ipspool.log")
+    # The working directory becomes "/": resolve relative paths first.
+    log_file = os.path.abspath(config.log.file or str(config.runtime_dir / "ipspool.log"))
+    spool = os.path.abspath(args.spool) if args.spool else None
+    if spool is not None:
+        config = load_config(args.config, spool=spool)
     pidfile = None
     if args.pidfile:
-        pidfile = daemon.pidfile.TimeoutPIDLockFile(os.path.abspath(args.pidfile), acquire_timeout=0)
-        if pidfile.is_locked():
-            print(f"ipspool: {args.pidfile} is locked by pid {pidfile.read_pid()}; already running?", file=sys.stderr)
+        pidfile = LockedPidfile(os.path.abspath(args.pidfile))
+        holder = pidfile.acquire()
+        if holder is not None:
+            print(f"ipspool: {args.pidfile} is locked by pid {holder}; already running?", file=sys.stderr)
             return ExitCode.FAILURE
-    os.makedirs(os.path.dirname(log_file) or ".", exist_ok=True)
+    os.makedirs(os.path.dirname(log_file), exist_ok=True)
+    # Workers, the stats process and tracebacks write to stdout/stderr.
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+    stream = os.fdopen(os.open(log_file, flags, 0o640), "ab", buffering=0)  # DaemonContext dup2()s it onto 1, 2
     context = daemon.DaemonContext(
         working_directory="/",
         umask=0o027,
         pidfile=pidfile,
+        files_preserve=[pidfile.fd] if pidfile else [],
         signal_map={},          # the supervisor installs its own handlers
         stdin=None,
-        stdout=None,
-        stderr=None,
+        stdout=stream,
+        stderr=stream,
         detach_process=True,
     )
     with context:
         target = configure_logging(config.log.level, "json", role="supervisor", target=LogTarget(log_file))
-        code = Supervisor(config, args.config, spool_override=args.spool, log_target=target).run()
+        code = Supervisor(config, args.config, spool_override=spool, log_target=target).run()
     return code
