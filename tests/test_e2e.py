@@ -150,7 +150,8 @@ def test_fifo_and_symlink_in_incoming_fail_without_blocking(make_daemon: Callabl
     assert fifo["reason"] == "not_regular_file" and "FIFO" in fifo["detail"]
     link = d.wait_failed("link")
     assert link["reason"] == "not_regular_file" and "symbolic link" in link["detail"]
-    assert (d.spool / "failed" / "link").is_symlink()  # moved, never followed
+    # The reason is written first, then the entry moves: wait for the move.
+    wait_for((d.spool / "failed" / "link").is_symlink, what="the symlink moved to failed/, never followed")
     assert secret.read_text() == "9.9.9.9\n"
     assert not d.result_path("link").exists()
     assert d.stop() == 0
