@@ -214,3 +214,15 @@ def test_purge_removes_the_config_but_not_the_data(machine: Container) -> None:
     assert not machine.exists("/etc/ipspool")
     assert machine.exists(f"{SPOOL}/results/alice.txt.jsonl")
     assert machine.run("dpkg-query", "-W", "ipspool", check=False).returncode != 0
+
+
+def test_lintian_finds_no_errors(debs: dict[str, Path]) -> None:
+    """lintian reports no error (E:) for the package; warnings are listed in docs/packaging.md."""
+    if shutil.which("lintian") is None:
+        if os.environ.get("IPSPOOL_REQUIRE_PACKAGE") == "1":
+            pytest.fail("IPSPOOL_REQUIRE_PACKAGE=1 but lintian is missing (apt-get install lintian)")
+        pytest.skip("lintian is missing (apt-get install lintian)")
+    result = subprocess.run(["lintian", "--no-tag-display-limit", str(debs[FIRST])], capture_output=True, text=True,
+                            timeout=300, check=False)
+    errors = [line for line in result.stdout.splitlines() if line.startswith("E:")]
+    assert not errors, "\n".join(errors)
