@@ -49,8 +49,15 @@ mkdir -p "$STAGE/DEBIAN" "$OUT"
 # the venv runs on the target's python3 and its standard library, which are
 # what Depends: python3 (>= 3.11), python3 (<< 3.12) provide.
 "$PYTHON" -m venv "$VENV"
+# pip builds in the source tree (build/, *.egg-info): give it a private copy,
+# so concurrent builds cannot collide and the checkout stays clean.
+SRC=$OUT/src/ipspool_${VERSION}_${ARCH}
+rm -rf "$SRC" && mkdir -p "$SRC"
+cp -r "$REPO/pyproject.toml" "$REPO/README.md" "$REPO/daemon" "$SRC/"
+find "$SRC" \( -name '*.egg-info' -o -name __pycache__ \) -prune -exec rm -rf {} +
 "$VENV/bin/python3" -m pip install --quiet --disable-pip-version-check --no-compile \
-    --no-warn-script-location "$REPO"
+    --no-warn-script-location "$SRC"
+rm -rf "$SRC"
 "$VENV/bin/python3" -m pip uninstall --quiet --yes pip setuptools
 # Only the interpreter links stay in bin/: the command is /usr/bin/ipspool
 # (below), and console scripts with a #!/usr/lib/ipspool/bin/python3 line are
