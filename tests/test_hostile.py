@@ -88,6 +88,8 @@ def test_fifty_megabyte_line_is_one_error_record_in_bounded_memory(make_daemon: 
     assert second[0]["ip"] == "3.3.3.3" and "line too long: 50000000 bytes" in second[1]["error"]
     growth = max(vm_hwm_kib(pid) - kib for pid, kib in before.items())
     supervisor_growth = vm_hwm_kib(supervisor) - supervisor_before
+    print(f"\nworker VmHWM {max(vm_hwm_kib(p) for p in before) / 1024:.1f} MiB (+{growth / 1024:.1f}), "
+          f"supervisor VmHWM {vm_hwm_kib(supervisor) / 1024:.1f} MiB (+{supervisor_growth / 1024:.1f})")
     assert growth < 16 * 1024, f"a worker's peak RSS grew by {growth} KiB"
     assert supervisor_growth < 16 * 1024, f"the supervisor's peak RSS grew by {supervisor_growth} KiB"
     assert d.stop() == 0
@@ -180,6 +182,7 @@ def test_awkward_names(make_daemon: Callable[..., Daemon]) -> None:
         assert records_of(d.result_path(name))[0]["ip"] == f"10.2.0.{i}"
     long_results = [p for p in d.results.iterdir() if p.name.startswith("x" * 200)]
     assert len(long_results) == 1 and len(os.fsencode(long_results[0].name)) <= 255
+    assert long_results[0].name.endswith(".1.jsonl")
     logged = {e["file"] for e in d.events("file.done")}
     assert "bad-\\xff\\xfe-bytes.txt" in logged  # shown escaped, never as invalid JSON
     assert d.stop() == 0
