@@ -10,27 +10,35 @@ __all__ = ["Progress"]
 
 
 class Progress:
-    def __init__(self, total: int, stream: TextIO | None = None, every: float = 1.0) -> None:
-        self.total = total
+    """Lines done out of lines submitted, for a set of files.
+
+    A producer sees a file's result only once it is whole, so lines count
+    per finished file: the bar moves file by file, weighted by their lines.
+    """
+
+    def __init__(self, total_lines: int, total_files: int, stream: TextIO | None = None,
+                 every: float = 1.0) -> None:
+        self.total_lines = total_lines
+        self.total_files = total_files
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = every
-        self.done = -1
+        self.done: tuple[int, int] = (-1, -1)
         self._last = 0.0
 
-    def update(self, done: int) -> None:
+    def update(self, lines: int, files: int) -> None:
         now = time.monotonic()
-        if done == self.done and now - self._last < self.every:
+        if (lines, files) == self.done and (not self.tty or now - self._last < self.every):
             return
-        if not self.tty and done == self.done:
-            return
-        self.done, self._last = done, now
+        self.done, self._last = (lines, files), now
+        counts = f"{lines}/{self.total_lines} lines, {files}/{self.total_files} files"
         if self.tty:
             width = 30
-            filled = width * done // max(1, self.total)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} files")
+            filled = width * lines // max(1, self.total_lines) if self.total_lines else width * files // max(
+                1, self.total_files)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {counts}")
         else:
-            self.stream.write(f"progress: {done}/{self.total} files done\n")
+            self.stream.write(f"progress: {counts} done\n")
         self.stream.flush()
 
     def close(self) -> None:

@@ -3,6 +3,12 @@
 The name a file gets in incoming/ is chosen free everywhere the daemon looks
 (incoming/, active/, done/, failed/, results/), so the daemon claims it under
 the same name and ``--wait`` knows which result to wait for.
+
+A producer that is only in the producer group (ipspool-submit in the Debian
+package, docs/packaging.md) may not look into active/, done/, failed/ or the
+results: it chooses a name free in incoming/ alone (the daemon's claim still
+makes the final name unique), and ``--wait`` refuses before submitting,
+because it could never see the outcome.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from ipspool.config import Config
 from ipspool.exitcodes import ExitCode
@@ -27,17 +34,24 @@ _COPY_BLOCK = 1 << 20
 class Submitted:
     source: str
     name: str
+    lines: int
+
+
+def _searchable(directory: Path) -> bool:
+    """May we look names up in ``directory``? (os.path.lexists says False when not.)"""
+    return os.access(directory, os.X_OK)
 
 
 def _taken(config: Config, name: str) -> bool:
     spool = config.spool_dir
-    return any(
-        os.path.lexists(path)
-        for path in (
-            spool / "incoming" / name, spool / "active" / name, spool / "done" / name,
-            spool / "failed" / name, config.results_dir / (name + RESULT_SUFFIX),
-        )
-    )
+    places = [(spool / "incoming", name), (spool / "active", name), (spool / "done", name),
+              (spool / "failed", name), (config.results_dir, name + RESULT_SUFFIX)]
+    return any(os.path.lexists(d / n) for d, n in places if _searchable(d))
+
+
+def unobservable(config: Config) -> list[Path]:
+    """The directories ``--wait`` needs to see outcomes in but may not search."""
+    return [d for d in (config.results_dir, config.spool_dir / "failed") if not _searchable(d)]
 
 
 def _free_name(config: Config, wanted: str) -> str:
@@ -50,12 +64,19 @@ def _free_name(config: Config, wanted: str) -> str:
     return f"{wanted}.{n}"
 
 
-def _write_tmp(config: Config, source: int) -> str:
+def _write_tmp(config: Config, source: int) -> tuple[str, int]:
+    """Copy ``source`` into tmp/; the temporary path and the number of lines."""
     tmp_dir = config.spool_dir / "tmp"
     tmp = str(tmp_dir / f".submit.{os.getpid()}.{time.monotonic_ns()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+    lines, last = 0, b"\n"
     try:
+        # 0640 whatever the producer's umask: the daemon reads the file
+        # through the group (the setgid tmp/ makes it the producer group).
+        os.fchmod(fd, 0o640)
         while block := os.read(source, _COPY_BLOCK):
+            lines += block.count(b"\n")
+            last = block[-1:]
             view = memoryview(block)
             while view:
                 view = view[os.write(fd, view):]
@@ -65,7 +86,7 @@ def _write_tmp(config: Config, source: int) -> str:
         os.unlink(tmp)
         raise
     os.close(fd)
-    return tmp
+    return tmp, lines + (last != b"\n")
 
 
 def _publish(config: Config, tmp: str, wanted: str) -> str:
@@ -85,17 +106,21 @@ def _publish(config: Config, tmp: str, wanted: str) -> str:
     return name
 
 
+def _submit_fd(config: Config, source_fd: int, source: str, wanted: str) -> Submitted:
+    tmp, lines = _write_tmp(config, source_fd)
+    return Submitted(source, _publish(config, tmp, wanted), lines)
+
+
 def submit_bytes(config: Config, source_fd: int, wanted: str) -> str:
-    return _publish(config, _write_tmp(config, source_fd), wanted)
+    return _submit_fd(config, source_fd, wanted, wanted).name
 
 
 def submit_one(config: Config, path: str) -> Submitted:
     if path == "-":
-        name = submit_bytes(config, sys.stdin.fileno(), f"stdin-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
-        return Submitted("-", name)
+        return _submit_fd(config, sys.stdin.fileno(), "-", f"stdin-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return Submitted(path, submit_bytes(config, fd, os.path.basename(path)))
+        return _submit_fd(config, fd, path, os.path.basename(path))
     finally:
         os.close(fd)
 
@@ -110,24 +135,29 @@ def _outcome(config: Config, name: str) -> tuple[str, str] | None:
     return None
 
 
-def wait_for(config: Config, names: Sequence[str], timeout: float) -> dict[str, tuple[str, str]]:
+def wait_for(config: Config, submitted: Sequence[Submitted], timeout: float) -> dict[str, tuple[str, str]]:
     from ipspool.progress import Progress
 
     outcomes: dict[str, tuple[str, str]] = {}
     deadline = time.monotonic() + timeout if timeout > 0 else float("inf")
-    progress = Progress(len(names))
-    while len(outcomes) < len(names) and time.monotonic() < deadline:
-        for name in names:
-            if name not in outcomes and (found := _outcome(config, name)) is not None:
-                outcomes[name] = found
-        progress.update(len(outcomes))
-        if len(outcomes) < len(names):
+    progress = Progress(sum(s.lines for s in submitted), len(submitted))
+    while len(outcomes) < len(submitted) and time.monotonic() < deadline:
+        for item in submitted:
+            if item.name not in outcomes and (found := _outcome(config, item.name)) is not None:
+                outcomes[item.name] = found
+        progress.update(sum(s.lines for s in submitted if s.name in outcomes), len(outcomes))
+        if len(outcomes) < len(submitted):
             time.sleep(0.05)
     progress.close()
     return outcomes
 
 
 def submit_files(config: Config, paths: Sequence[str], *, wait: bool, timeout: float) -> int:
+    if wait and (hidden := unobservable(config)):
+        print(f"ipspool: --wait cannot observe results: no permission to look into {', '.join(map(str, hidden))} "
+              f"(members of the daemon's group can; docs/packaging.md). Nothing was submitted; "
+              f"submit without --wait.", file=sys.stderr)
+        return ExitCode.FAILURE
     submitted: list[Submitted] = []
     for path in paths:
         try:
@@ -139,7 +169,7 @@ def submit_files(config: Config, paths: Sequence[str], *, wait: bool, timeout: f
         print(f"submitted {item.source} as incoming/{item.name}")
     if not wait:
         return ExitCode.OK
-    outcomes = wait_for(config, [s.name for s in submitted], timeout)
+    outcomes = wait_for(config, submitted, timeout)
     code = ExitCode.OK
     for item in submitted:
         state, where = outcomes.get(item.name, ("pending", "no result yet"))
