@@ -48,19 +48,22 @@ def test_start_returns_when_ready_and_status_shows_the_status_line(machine: Mach
 
 
 def test_a_producer_drop_gets_its_result(machine: Machine) -> None:
-    """A non-root member of ipspool-submit drops a file (tmp/ then rename); the result is readable to it."""
+    """A non-root member of ipspool-submit drops a file (tmp/ then rename) and gets its result; results stay private."""
     machine.reset(**BASE)
     machine.submit("drop.txt", "192.0.2.1\nnot-an-ip\n2001:db8::1\n")
     records = machine.wait_result("drop.txt")
     assert [r["input"] for r in records] == ["192.0.2.1", "not-an-ip", "2001:db8::1"]
     assert "error" in records[1]
-    # `ipspool submit --wait` as the producer: it can read results/, not write there or into active/.
+    # `ipspool submit` as the producer works; --wait needs group ipspool (results are private) and says so.
     machine.write("/tmp/more.txt", "198.51.100.9\n")
     machine.run("chmod", "644", "/tmp/more.txt")
     python = machine.show("ExecStart")["ExecStart"].split("path=")[1].split(" ;")[0]
-    out = machine.run(python, "-m", "ipspool", "submit", "--config", "/etc/ipspool/ipspool.toml", "--wait",
-                      "--timeout", "30", "/tmp/more.txt", user="producer")
-    assert "more.txt: done" in out.stdout
+    submit = [python, "-m", "ipspool", "submit", "--config", "/etc/ipspool/ipspool.toml"]
+    refused = machine.run(*submit, "--wait", "--timeout", "30", "/tmp/more.txt", user="producer", check=False)
+    assert refused.returncode == 1 and "cannot observe results" in refused.stderr
+    machine.run(*submit, "/tmp/more.txt", user="producer")
+    assert machine.wait_result("more.txt")[0]["ip"] == "198.51.100.9"
+    assert machine.run("ls", f"{SPOOL}/results", user="producer", check=False).returncode != 0
     assert machine.run("touch", f"{SPOOL}/results/forged.jsonl", user="producer", check=False).returncode != 0
     assert machine.run("ls", f"{SPOOL}/active", user="producer", check=False).returncode != 0
 
