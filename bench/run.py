@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from bench.systems import (
 __all__ = ["main"]
 
 OUT = Path(__file__).resolve().parent / "out"
+Runner = Callable[[Workload, Path], float]
 
 
 @dataclass(frozen=True)
@@ -161,17 +163,6 @@ class Bench:
     def size(self, spec: Spec) -> Size:
         return spec.tiny if self.tiny else spec.full
 
-    def timed(self, spec: Spec, system: str, run: Callable[[Workload, Path], float], **settings: Any) -> Row:
-        w = self.inputs.workload(spec, self.size(spec), system)
-        row = Row(spec.name, system, w.lines, len(w.files), [], settings=settings)
-        for rep in range(self.repeats):
-            out = fresh(self.work / "out")
-            row.runs.append(run(w, out))
-            if rep == 0 and system != "ipspool":
-                check(w, out)
-            progress(f"  {spec.name:<12} {system:<18} run {rep + 1}: {w.lines / row.runs[-1]:>12,.0f} lines/s")
-        return row
-
     def run(self) -> None:
         reason = dramatiq_available()
         if reason:
@@ -181,46 +172,64 @@ class Bench:
             url = None if reason else stack.enter_context(redis_server(self.work))
             for spec in self.specs:
                 progress(f"{spec.name}:")
-                self.run_baselines(spec)
-                if url is not None:
-                    self.run_dramatiq(spec, url)
-                self.run_daemon(spec)
+                self.run_workload(spec, url)
 
-    def run_baselines(self, spec: Spec) -> None:
-        self.rows.append(self.timed(spec, "single loop", single_loop))
-        self.rows.append(self.timed(spec, "classic recipe", classic_recipe, threads=spec.threads))
+    def run_workload(self, spec: Spec, url: str | None) -> None:
+        """Every system on one workload, interleaved: repeat r runs each system once.
+
+        The machine is shared: a burst of someone else's load then slows one
+        round of every system rather than all runs of one system, so the
+        ratios measured in the same round stay meaningful.
+        """
+        with ExitStack() as stack:
+            entrants = self.entrants(spec, url, stack)
+            rows = []
+            for system, run, settings in entrants:
+                w = self.inputs.workload(spec, self.size(spec), system.split(" x")[0])
+                rows.append((Row(spec.name, system.split(" x")[0], w.lines, len(w.files), [], settings=settings),
+                             w, run))
+            for rep in range(self.repeats):
+                for row, w, run in rows:
+                    out = fresh(self.work / "out")
+                    row.runs.append(run(w, out))
+                    if rep == 0 and row.system != "ipspool":
+                        check(w, out)
+                    progress(f"  {spec.name:<12} {row.system:<18} {row.settings.get('processes', '')!s:>2} "
+                             f"run {rep + 1}: {w.lines / row.runs[-1]:>12,.0f} lines/s")
+        for row, _, _ in rows:
+            if row.system != "ipspool" or row.settings["processes"] == self.cores:
+                self.rows.append(row)
+            if row.system == "ipspool":
+                self.scaling.append(row)
+
+    def entrants(self, spec: Spec, url: str | None, stack: ExitStack) -> list[tuple[str, Runner, dict[str, Any]]]:
+        """(system, how to run it, its settings), with any servers it needs started on ``stack``."""
+        found: list[tuple[str, Runner, dict[str, Any]]] = [
+            ("single loop", single_loop, {}),
+            ("classic recipe", classic_recipe, {"threads": spec.threads}),
+        ]
         w = self.inputs.workload(spec, self.size(spec), "Pool.imap")
         sample = w if self.tiny or w.lines <= 50_000 else self.inputs.workload(
             spec, Size(50_000 // (self.size(spec).lines if spec.per_file else 1)), "Pool.imap")
         chunksize = tune_chunksize(sample, fresh(self.work / "out"))
-        self.rows.append(self.timed(spec, "Pool.imap", lambda w, out: pool_imap(w, out, chunksize),
-                                    chunksize=chunksize))
-
-    def run_dramatiq(self, spec: Spec, url: str) -> None:
-        # Threads: as many as the daemon's pool for the blocking stage; few
-        # for CPU-bound work, where more threads only contend for the GIL.
-        threads = spec.threads if spec.name == "sleep_10ms" else 2
-        runner = DramatiqRunner(self.work, url, self.cores, threads)
-        runner.start()
-        try:
+        found.append(("Pool.imap", partial(pool_imap, chunksize=chunksize), {"chunksize": chunksize}))
+        if url is not None:
+            # Threads: as many as the daemon's pool for the blocking stage; few
+            # for CPU-bound work, where more threads only contend for the GIL.
+            threads = spec.threads if spec.name == "sleep_10ms" else 2
+            runner = DramatiqRunner(self.work, url, self.cores, threads)
+            runner.start()
+            stack.callback(runner.stop)
             for system, batch in (("dramatiq 1/msg", 1), ("dramatiq 1000/msg", 1000)):
-                self.rows.append(self.timed(spec, system, lambda w, out, b=batch: runner.run(w, out, b),
-                                            processes=self.cores, threads=threads))
-        finally:
-            runner.stop()
-
-    def run_daemon(self, spec: Spec) -> None:
-        for processes in range(self.cores, 0, -1):
+                found.append((system, partial(runner.run, batch=batch), {"processes": self.cores, "threads": threads}))
+        # The worker-count sweep (1..cores) is for the CPU-bound workloads.
+        sweep = range(self.cores, 0, -1) if spec.name in ("classify", "cpu_1ms") else [self.cores]
+        for processes in sweep:
             root = fresh(self.work / f"daemon-{spec.name}-{processes}")
-            with running_daemon(root, spec.stages, processes, spec.threads) as daemon:
-                row = self.timed(spec, "ipspool", lambda w, _out, d=daemon: d.run(w),
-                                 processes=processes, threads=spec.threads)
-            row.settings["processes"] = processes
-            if processes == self.cores:
-                self.rows.append(row)
-            self.scaling.append(row)
-            if spec.name not in ("classify", "cpu_1ms"):
-                break  # the worker-count sweep is for the CPU-bound workloads
+            daemon = stack.enter_context(running_daemon(root, spec.stages, processes, spec.threads))
+            found.append((f"ipspool x{processes}", lambda w, _out, d=daemon: d.run(w),
+                          {"processes": processes, "threads": spec.threads}))
+        return found
 
 
 # ---------------------------------------------------------------------------
