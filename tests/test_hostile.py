@@ -241,7 +241,8 @@ def test_links_sockets_and_directories_are_never_followed_or_read(make_daemon: C
         assert not d.result_path(name).exists()
     listener.close()
     assert outside.read_text() == "9.9.9.9\n" and outside.stat().st_nlink == 2  # moved with the link, unread
-    assert (d.spool / "failed" / "shadow").is_symlink()
+    # The error record lands first, the input right after it (docs/durability.md, order of operations).
+    wait_for((d.spool / "failed" / "shadow").is_symlink, what="the symlink moved to failed/")
     assert (d.spool / "done" / "real.txt").read_text() == "1.1.1.1\n"
     log = d.log_path.read_text()
     assert "root:" not in log and "9.9.9.9" not in log
