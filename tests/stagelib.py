@@ -22,6 +22,12 @@ def slow(address: Address) -> dict[str, Any]:
     return {"slow": True}
 
 
+def sleepy(address: Address) -> dict[str, Any]:
+    """A quicker blocking stand-in: 5 ms per address (keeps fault tests busy, not long)."""
+    time.sleep(0.005)
+    return {"sleepy": True}
+
+
 def boom(address: Address) -> dict[str, Any] | None:
     """Raises for addresses ending in .13."""
     if str(address).endswith(".13"):

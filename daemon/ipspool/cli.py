@@ -42,8 +42,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         from ipspool.daemonize import daemonize
 
         return daemonize(config, args)
-    target = configure_logging(config.log.level, config.log.format, role="supervisor",
-                               target=LogTarget(config.log.file))
+    try:
+        log_target = LogTarget(config.log.file)
+    except OSError as exc:
+        raise ConfigError(args.config or "<defaults>", (f"log.file: cannot open {config.log.file}: {exc.strerror}",),
+                          ) from None
+    target = configure_logging(config.log.level, config.log.format, role="supervisor", target=log_target)
     from ipspool.supervisor import Supervisor
 
     return Supervisor(config, args.config, spool_override=args.spool, log_target=target).run()
@@ -102,9 +106,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     from ipspool.pipeline import load_pipeline
+    from ipspool.spool import path_problems
 
     config = _load(args)
     load_pipeline(config, args.config or "<defaults>").close()
+    problems = path_problems(config.spool_dir, config.results_dir, config.runtime_dir, config.log.file)
+    if problems:
+        raise ConfigError(args.config or "<defaults>", tuple(problems))
     print(f"{args.config or '<defaults>'}: OK ({len(config.pipeline.stages)} stage(s), "
           f"{config.process_count} worker(s) x {config.workers.threads} threads, spool {config.spool_dir})")
     return ExitCode.OK

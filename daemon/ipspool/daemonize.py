@@ -77,6 +77,9 @@ def daemonize(config: Config, args: argparse.Namespace) -> int:
     spool = os.path.abspath(args.spool) if args.spool else None
     if spool is not None:
         config = load_config(args.config, spool=spool)
+    # Every process (workers and the stats Manager too) then opens the file
+    # itself and reopens it on SIGUSR1, so logrotate's rename loses nothing.
+    config = config.model_copy(update={"log": config.log.model_copy(update={"file": log_file})})
     pidfile = None
     if args.pidfile:
         pidfile = LockedPidfile(os.path.abspath(args.pidfile))

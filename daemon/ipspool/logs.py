@@ -111,8 +111,31 @@ def _shorten(value: Any) -> Any:
     return value
 
 
+def _text(value: Any) -> Any:
+    """Strings (also in lists and dicts) with lone surrogates as \\xNN escapes.
+
+    File names that are not UTF-8 reach us as surrogate-escaped str, which
+    orjson refuses: a producer must not be able to crash a process by naming
+    a file (issue 4).
+    """
+    if isinstance(value, str):
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a surrogate that no byte stands for
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list | tuple):
+        return [_text(v) for v in value]
+    if isinstance(value, dict):
+        return {_text(k): _text(v) for k, v in value.items()}
+    return value
+
+
 def _json(_: Any, __: str, event_dict: EventDict) -> bytes:
-    line = orjson.dumps(event_dict, default=str)
+    try:
+        line = orjson.dumps(event_dict, default=str)
+    except TypeError:
+        event_dict = {k: _text(v) for k, v in event_dict.items()}
+        line = orjson.dumps(event_dict, default=str)
     if len(line) > _MAX_LINE:
         line = orjson.dumps({k: _shorten(v) for k, v in event_dict.items()}, default=str)
         if len(line) > _MAX_LINE:

@@ -37,7 +37,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Claimed", "InputRejected", "Spool", "SpoolError", "fsync_dir"]
+__all__ = ["Claimed", "InputRejected", "Spool", "SpoolError", "fsync_dir", "path_problems", "printable"]
 
 SUBDIRS = ("tmp", "incoming", "active", "done", "failed")
 RESULT_SUFFIX = ".jsonl"
@@ -86,6 +86,14 @@ def fsync_dir(fd: int) -> None:
     os.fsync(fd)
 
 
+def printable(name: str) -> str:
+    """A file name as text for JSON and logs: bytes that are not UTF-8 shown as \\xNN."""
+    try:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no byte stands for
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _open_dir(path: Path) -> int:
     try:
         return os.open(path, _DIR_FLAGS)
@@ -109,6 +117,41 @@ def _exists(name: str, dir_fd: int) -> bool:
     return True
 
 
+def _directory_problem(path: Path) -> str | None:
+    """Why this user cannot use, or create, a directory at ``path``; None if it can."""
+    if path.is_symlink():
+        return "is a symbolic link; refusing to follow it"
+    if path.exists():
+        usable, prefix = path, ""
+    else:
+        usable, prefix = next(p for p in path.parents if p.exists()), "cannot be created: "
+    if not usable.is_dir():
+        return f"{prefix}{usable} is not a directory"
+    if not os.access(usable, os.W_OK | os.X_OK):
+        return f"{prefix}{usable} is not writable by this user"
+    return None
+
+
+def path_problems(spool_dir: Path, results_dir: Path, runtime_dir: Path, log_file: str) -> list[str]:
+    """What ``check-config`` reports about the configured paths, each naming its key.
+
+    Checked as the user running the check: run it as the service user.
+    """
+    problems = []
+    for key, path in (("spool.dir", spool_dir), ("spool.results_dir", results_dir),
+                      ("spool.runtime_dir", runtime_dir)):
+        problem = _directory_problem(path)
+        if problem:
+            problems.append(f"{key}: {path} {problem}")
+    if log_file:
+        path = Path(log_file)
+        if path.exists() and not (path.is_file() and os.access(path, os.W_OK)):
+            problems.append(f"log.file: {path} is not a writable regular file")
+        elif not path.exists() and not (path.parent.is_dir() and os.access(path.parent, os.W_OK | os.X_OK)):
+            problems.append(f"log.file: {path} cannot be created: {path.parent} is not a writable directory")
+    return problems
+
+
 class Spool:
     """The spool and results directories, held open by file descriptor."""
 
@@ -125,13 +168,34 @@ class Spool:
         incoming/ and tmp/ are group-writable (and setgid) for producers when
         a producer group is given; everything else is the daemon's alone.
         """
+        try:
+            self._create(producer_gid)
+        except OSError as exc:
+            where = exc.filename or self.root
+            raise SpoolError(f"{where}: cannot create the directory: {exc.strerror}") from None
+
+    def _create(self, producer_gid: int | None) -> None:
+        # A symlink in place of one of our directories would redirect every
+        # write through it, so it is refused before anything is created (the
+        # last path component only: links higher up are the administrator's).
+        for path in (self.root, *(self.root / sub for sub in SUBDIRS), self.results, self.results / PARTS):
+            if path.is_symlink():
+                raise SpoolError(f"{path}: is a symbolic link; refusing to follow it")
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in SUBDIRS:
             path = self.root / sub
             path.mkdir(mode=0o750, exist_ok=True)
             if sub in ("tmp", "incoming") and producer_gid is not None:
-                os.chown(path, -1, producer_gid)
-                path.chmod(0o2770)
+                # setgid: what producers write belongs to their group, which
+                # the daemon is in; sticky: no producer can rename or delete
+                # another's file. Touched only when wrong, so a sandbox that
+                # forbids chown/setgid chmod (the unit's) is fine once
+                # tmpfiles.d has set them.
+                st = path.stat()
+                if st.st_gid != producer_gid:
+                    os.chown(path, -1, producer_gid)
+                if stat.S_IMODE(st.st_mode) != 0o3770:
+                    path.chmod(0o3770)
         self.results.mkdir(parents=True, exist_ok=True, mode=0o750)
         (self.results / PARTS).mkdir(exist_ok=True, mode=0o700)
 
@@ -169,7 +233,9 @@ class Spool:
     def unique_job_name(self, name: str) -> str:
         """``name``, or ``name.N`` for the smallest N that is free everywhere."""
         room = _NAME_MAX - len(ERROR_SUFFIX) - 12
-        base = name if len(name.encode()) <= room else name.encode()[:room].decode("utf-8", "ignore")
+        # fsencode: a name need not be UTF-8 (its bytes come back as surrogates).
+        raw = os.fsencode(name)
+        base = name if len(raw) <= room else os.fsdecode(raw[:room])
         if not self._taken(base) and base == name:
             return base
         for n in range(1, 1_000_000):
@@ -243,6 +309,7 @@ class Spool:
         """Concatenate part files, in order, into one fsync'd part file."""
         out_path = self.part_path(token)
         out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        ok = False
         try:
             for part in parts:
                 src = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -257,8 +324,11 @@ class Spool:
                 finally:
                     os.close(src)
             os.fsync(out)
+            ok = True
         finally:
             os.close(out)
+            if not ok:
+                os.unlink(out_path)  # half a result must not block the retry
         return out_path
 
     def publish_result(self, part: str, job_name: str) -> str:
@@ -281,9 +351,24 @@ class Spool:
             os.unlink(job_name, dir_fd=self.fds["active"])
 
     def sync_retired(self, keep: bool) -> None:
-        fsync_dir(self.fds["active"])
+        # The destination first: the input is never durably gone from active/
+        # while not yet durably in done/.
         if keep:
             fsync_dir(self.fds["done"])
+        fsync_dir(self.fds["active"])
+
+    def changed(self, claimed: Claimed) -> str | None:
+        """Why the claimed input is no longer what was read, or None if it is."""
+        try:
+            st = os.stat(claimed.job_name, dir_fd=self.fds["active"], follow_symlinks=False)
+        except FileNotFoundError:
+            return "the claimed file disappeared from active/"
+        if (st.st_dev, st.st_ino) != (claimed.dev, claimed.ino):
+            return "the file in active/ is not the one that was claimed"
+        if (st.st_size, st.st_mtime) != (claimed.size, claimed.mtime):
+            return (f"written to while it was processed ({claimed.size} -> {st.st_size} bytes); "
+                    "producers must write in tmp/ and rename into incoming/")
+        return None
 
     def remove_part(self, part: str) -> None:
         try:
@@ -293,11 +378,16 @@ class Spool:
 
     def fail(self, job_name: str, reason: str, detail: str, extra: dict[str, Any] | None = None) -> str:
         """Move active/JOB to failed/JOB beside JOB.error.json (written first)."""
-        info = {"job": job_name, "reason": reason, "detail": detail, "time": time.time(), **(extra or {})}
+        info = {"job": printable(job_name), "reason": reason, "detail": detail, "time": time.time(),
+                **{k: printable(v) if isinstance(v, str) else v for k, v in (extra or {}).items()}}
         failed_fd = self.fds["failed"]
         error_name = job_name + ERROR_SUFFIX
         tmp_name = f".{job_name[:200]}.{os.getpid()}.tmp"
-        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
+        try:
+            os.unlink(tmp_name, dir_fd=failed_fd)  # left by an earlier attempt: ours, never followed
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
                      dir_fd=failed_fd)
         try:
             os.write(fd, orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")
@@ -307,6 +397,7 @@ class Spool:
         # The error file is ours to replace: a failure retried after a crash
         # rewrites the reason rather than leaving a stale one.
         os.rename(tmp_name, error_name, src_dir_fd=failed_fd, dst_dir_fd=failed_fd)
+        fsync_dir(failed_fd)  # the reason is durable before the input moves (recovery relies on it)
         try:
             os.rename(job_name, job_name, src_dir_fd=self.fds["active"], dst_dir_fd=failed_fd)
         except FileNotFoundError:

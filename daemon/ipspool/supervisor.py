@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import selectors
 import signal
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
@@ -55,6 +57,7 @@ _HEALTHY_AFTER = 30.0       # a worker alive this long resets the back-off
 _MAX_BACKOFF = 30.0
 _SETTLE = 1.0               # a rescan skips files modified this recently
 _TICK = 0.25
+_MIN_SPLIT = 16384          # a lone file smaller than this stays one chunk (see chunk_bytes_for)
 _EXTEND_EVERY = 2.0         # while draining, look for progress this often...
 _EXTEND_WINDOW = 10.0       # ...and keep systemd's stop timeout this far ahead when there was some
 
@@ -90,6 +93,8 @@ class Job:
     counts: Counter[str] = field(default_factory=Counter)
     failed: bool = False
     started: float = field(default_factory=time.monotonic)
+    assembled: str | None = None      # the parts joined into one fsync'd file
+    assembling: bool = False
     alerts_logged: int = 0
 
     @property
@@ -144,6 +149,10 @@ class Supervisor:
         self.delayed: list[tuple[float, Chunk]] = []
         self.attempts: Counter[Key] = Counter()
         self.to_commit: list[Job] = []
+        # Joining the parts of a large file copies gigabytes: a helper thread
+        # does that I/O so the loop (and the systemd watchdog) keeps turning.
+        self.assembler = ThreadPoolExecutor(1, thread_name_prefix="assemble")
+        self.assembled: queue.SimpleQueue[tuple[int, str, str]] = queue.SimpleQueue()
         self.disk_full_since: float | None = None
         # state
         self.totals: Counter[str] = Counter()
@@ -260,6 +269,7 @@ class Supervisor:
     def turn(self) -> None:
         for key, _ in self.selector.select(self.timeout()):
             key.data(key.fileobj)
+        self.collect_assembled()
         self.handle_signals()
         self.tick()
         self.fill()
@@ -330,6 +340,11 @@ class Supervisor:
                 self.handle_hup()
             elif signum == signal.SIGUSR1:
                 self.log_target.reopen()
+                for worker in self.workers.values():
+                    try:
+                        os.kill(worker.pid, signal.SIGUSR1)  # each worker reopens its own
+                    except ProcessLookupError:
+                        pass
                 self.log.info("log.reopened", file=self.log_target.path or "<stdout>")
             elif signum == signal.SIGUSR2:
                 self.watcher.simulate_overflow()
@@ -456,6 +471,7 @@ class Supervisor:
             return
         if not self.ready_sent:
             self.ready_sent = True
+            self.publish()  # `ipspool status` says "running" as soon as systemd does
             self.notifier.ready(self.status_line())
             self.log.info("daemon.ready", workers=[w.pid for w in current], backlog=len(self.backlog))
         elif self.reload_pending:
@@ -602,6 +618,9 @@ class Supervisor:
             if name == OVERFLOW:
                 self.log.warning("watch.overflow", note="inotify dropped events; rescanning incoming/")
                 self.rescan()
+                # That scan skipped files younger than _SETTLE, which are the
+                # very ones whose events were lost: look again once they settled.
+                self.last["rescan"] = self.clock() - self.config.spool.rescan_interval + _SETTLE
             else:
                 self.offer(name, time.time())
 
@@ -717,10 +736,11 @@ class Supervisor:
             return None
         self.job_seq += 1
         fd: int | None = None
-        if claimed.size > config.workers.chunk_bytes:
+        chunk_bytes = self.chunk_bytes_for(claimed.size)
+        if claimed.size > chunk_bytes:
             fd = os.open(claimed.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         chunks = split_file(
-            fd if fd is not None else -1, claimed.size, config.workers.chunk_bytes, config.spool.max_line_bytes,
+            fd if fd is not None else -1, claimed.size, chunk_bytes, config.spool.max_line_bytes,
             job=self.job_seq, path=claimed.path, dev=claimed.dev, ino=claimed.ino,
         )
         job = Job(self.job_seq, claimed, chunks, fd)
@@ -728,6 +748,21 @@ class Supervisor:
         self.totals["files_claimed"] += 1
         self.log.info("file.claimed", file=name, job=job_name, bytes=claimed.size)
         return job
+
+    def chunk_bytes_for(self, size: int) -> int:
+        """workers.chunk_bytes, or less so that a file arriving alone uses every worker.
+
+        Files waiting behind it keep the other workers busy; without them, a
+        file under chunk_bytes would be one chunk on one worker, and a slow
+        stage (1 ms of CPU or a 10 ms lookup per address) would leave the
+        other cores idle (issue 5). Two chunks per worker even out a worker
+        slowed by a noisy neighbour. Below _MIN_SPLIT the extra part file and
+        its assembly would cost more than they save.
+        """
+        limit = self.config.workers.chunk_bytes
+        if self.backlog or size <= _MIN_SPLIT:
+            return limit
+        return max(4096, min(limit, -(-size // (2 * self.config.process_count))))
 
     def send(self, worker: WorkerHandle, chunk: Chunk) -> None:
         worker.inflight[chunk.key] = chunk
@@ -753,7 +788,7 @@ class Supervisor:
         if not worker.inflight:
             worker.exclusive = False
         self.deaths_in_a_row = 0
-        self.disk_full_since = None
+        self.disk_ok()
         job = self.jobs.get(key[0])
         if job is None or job.failed:
             self.spool.remove_part(part)
@@ -797,7 +832,16 @@ class Supervisor:
             self.disk_full_since = now
             self.log.error("disk.full", reason=reason, detail=detail, results=str(self.config.results_dir))
         waited = now - self.disk_full_since
-        self.delayed.append((now + min(_MAX_BACKOFF, 0.5 + waited / 2), chunk))
+        wait = min(_MAX_BACKOFF, 0.5 + waited / 2)
+        self.delayed.append((now + wait, chunk))
+        self.log.debug("disk.retry", step="chunk", file=os.path.basename(chunk.path), chunk=chunk.index,
+                       delay=round(wait, 3))
+
+    def disk_ok(self) -> None:
+        """A write to results/ succeeded: the outage, if any, is over."""
+        if self.disk_full_since is not None:
+            self.log.info("disk.recovered", outage=round(self.clock() - self.disk_full_since, 3))
+            self.disk_full_since = None
 
     def release_delayed(self, now: float) -> None:
         if not self.delayed:
@@ -820,6 +864,24 @@ class Supervisor:
         if not any(k[0] == job.seq for w in self.workers.values() for k in w.inflight):
             del self.jobs[job.seq]
 
+    def publish_one(self, job: Job) -> tuple[str, str] | None:
+        """Step 2 for one job: link its result in; (part, result path) or None if not now."""
+        parts = [job.parts[i] for i in range(job.total or 0)]
+        if len(parts) > 1 and job.assembled is None:
+            self.assemble(job, parts)
+            return None
+        part = parts[0] if len(parts) == 1 else job.assembled or ""
+        try:
+            return part, self.spool.publish_result(part, job.claimed.job_name)
+        except FileExistsError:
+            self.fail_job(job, "result_exists",
+                          "a file we did not write holds the result name; nothing was overwritten")
+        except OSError as exc:
+            # Out of space or similar: keep the parts and try the commit again later.
+            self.to_commit.append(job)
+            self.delay_commit(str(exc))
+        return None
+
     def commit(self) -> None:
         """Publish every finished job as one group: few fsyncs for many files."""
         if not self.to_commit or self.clock() < self.commit_retry_at:
@@ -827,25 +889,18 @@ class Supervisor:
             return
         batch, self.to_commit = self.to_commit, []
         published: list[tuple[Job, str, str]] = []
+        # A claim must be durable before its result is: otherwise a power cut
+        # could bring the input back to incoming/ beside its result.
+        self.spool.sync_claims()
         for job in batch:
-            if job.failed or job.seq not in self.jobs:
+            if job.failed or job.seq not in self.jobs or self.input_changed(job):
                 continue
-            parts = [job.parts[i] for i in range(job.total or 0)]
-            try:
-                part = parts[0] if len(parts) == 1 else self.spool.assemble(parts, f"{job.seq}.assembled")
-                result = self.spool.publish_result(part, job.claimed.job_name)
-            except FileExistsError:
-                self.fail_job(job, "result_exists",
-                              "a file we did not write holds the result name; nothing was overwritten")
-                continue
-            except OSError as exc:
-                # Out of space or similar: keep the parts and try the commit again later.
-                self.to_commit.append(job)
-                self.delay_commit(str(exc))
-                continue
-            published.append((job, part, result))
+            done = self.publish_one(job)
+            if done is not None:
+                published.append((job, *done))
         if not published:
             return
+        self.disk_ok()
         keep = self.config.spool.keep_processed
         self.spool.sync_results()
         for job, _, _ in published:
@@ -877,12 +932,56 @@ class Supervisor:
         self.rate_window.append((now, self.totals["files_done"]))
         self.dirty = True
 
+    def assemble(self, job: Job, parts: list[str]) -> None:
+        """Join a large file's parts on the assembler thread; collect_assembled() resumes."""
+        if job.assembling:
+            return
+        job.assembling = True
+        future = self.assembler.submit(self.spool.assemble, parts, f"{job.seq}.assembled")
+
+        def report(done: Future[str], seq: int = job.seq) -> None:
+            error = done.exception()
+            self.assembled.put((seq, "" if error else done.result(), str(error) if error else ""))
+            try:
+                os.write(self.sig_w, b"\0")  # wake the loop
+            except BlockingIOError:
+                pass
+
+        future.add_done_callback(report)
+
+    def collect_assembled(self) -> None:
+        while True:
+            try:
+                seq, path, error = self.assembled.get_nowait()
+            except queue.Empty:
+                return
+            job = self.jobs.get(seq)
+            if job is None or job.failed:
+                if path:
+                    self.spool.remove_part(path)
+                continue
+            job.assembling = False
+            if error:
+                self.delay_commit(error)
+            else:
+                job.assembled = path
+            self.to_commit.append(job)
+
+    def input_changed(self, job: Job) -> bool:
+        """Fail a job whose input was written to after its claim (a producer writing in place)."""
+        changed = self.spool.changed(job.claimed)
+        if changed:
+            self.fail_job(job, "changed", changed)
+        return changed is not None
+
     def delay_commit(self, error: str) -> None:
         now = self.clock()
         if self.disk_full_since is None:
             self.disk_full_since = now
             self.log.error("disk.full", reason="commit", detail=error, results=str(self.config.results_dir))
-        self.commit_retry_at = now + min(_MAX_BACKOFF, 0.5 + (now - self.disk_full_since) / 2)
+        wait = min(_MAX_BACKOFF, 0.5 + (now - self.disk_full_since) / 2)
+        self.commit_retry_at = now + wait
+        self.log.debug("disk.retry", step="commit", delay=round(wait, 3))
 
     def forget_failed(self) -> None:
         for seq in [s for s, j in self.jobs.items() if j.failed]:

@@ -12,8 +12,10 @@ that run on the thread pool, several chunks at once, so slow lookups overlap;
 batches are joined back in order, so results keep input order.
 
 Progress is a heartbeat: a shared double holding the monotonic time of the
-last completed batch (or of the last idle moment). A stage that hangs stops
-the heartbeat and the supervisor replaces the worker. The worker exits when
+last progress, and, while a pool thread is inside a batch, of that thread's
+last step of a few lines: the oldest wins. A stage that hangs on one address
+stops the heartbeat even while other threads keep working, and the
+supervisor replaces the worker. The worker exits when
 its pipe reports end-of-file, which is how it notices a dead supervisor.
 """
 
@@ -43,6 +45,7 @@ __all__ = ["ChunkFailed", "worker_main"]
 
 _INLINE_BATCH = 2048        # lines between heartbeats on the inline path
 _MAX_POOL_BATCH = 256       # lines per thread-pool task
+_PROGRESS_STEP = 8          # lines a pool thread processes between progress marks
 _PUBLISH_EVERY = 0.25       # seconds between worker-table updates (one Manager round trip each)
 _REFRESH_EVERY = 5.0        # seconds between stage refresh() calls
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -100,16 +103,17 @@ def too_long_record(chunk: Chunk, limit: int) -> tuple[bytes, Counter[str]]:
     fd = os.open(chunk.path, _FILE_FLAGS)
     try:
         preview = os.pread(fd, 64, chunk.start)
+        ends_line = os.pread(fd, 1, chunk.end - 1) == b"\n"
     finally:
         os.close(fd)
-    length = chunk.end - chunk.start
+    length = chunk.end - chunk.start - ends_line  # the line, without its newline
     counts: Counter[str] = Counter(lines=1, invalid=1)
     shown = preview.decode("utf-8", "backslashreplace")
     return _error_record(chunk.first_line, shown, f"line too long: {length} bytes, limit {limit}"), counts
 
 
-def write_part(path: str, data: bytes) -> None:
-    """Write and fsync one part file; ENOSPC/EDQUOT is a retryable failure."""
+def write_part(path: str, data: bytes, sync: bool = True) -> None:
+    """Write (and fsync) one part file; ENOSPC/EDQUOT is a retryable failure."""
     try:
         fd = os.open(path, _PART_FLAGS, 0o640)
     except OSError as exc:
@@ -119,7 +123,8 @@ def write_part(path: str, data: bytes) -> None:
         while view:
             written = os.write(fd, view)
             view = view[written:]
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     except OSError as exc:
         os.close(fd)
         os.unlink(path)
@@ -159,11 +164,23 @@ class Worker:
         self.current = ""
         self._published = 0.0
         self._refreshed = time.monotonic()
+        self.log_reopen: tuple[LogTarget, threading.Event] | None = None
+        # Pool thread id -> when it last made progress, while it runs a batch.
+        self.progress: dict[int, float] = {}
+        self.progress_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------
 
     def beat(self) -> None:
-        self.heartbeat.value = time.monotonic()
+        """Report progress: now, unless a pool thread has been stuck since earlier.
+
+        One thread stuck in a stage that never returns must stop the heartbeat
+        even while the other threads keep finishing batches; otherwise a steady
+        flow of other files would keep its chunk from ever being noticed.
+        """
+        now = time.monotonic()
+        with self.progress_lock:
+            self.heartbeat.value = min(self.progress.values(), default=now)
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self.send_lock:
@@ -186,7 +203,7 @@ class Worker:
     def finish(self, chunk: Chunk, part: str, data: bytes, counts: Counter[str],
                alerts: list[Alert] | None = None) -> None:
         try:
-            write_part(part, data)
+            write_part(part, data, chunk.sync)
         except ChunkFailed as exc:
             self.send(("failed", chunk.key, exc.reason, exc.detail, exc.retry))
             return
@@ -202,9 +219,9 @@ class Worker:
         self.log.info("worker.started", threads=self.config.workers.threads, inline=self.pool is None,
                       stages=list(self.pipeline.names))
         while True:
+            self.maybe_reopen_log()
             if not self.conn.poll(0.5):
-                if not self.running:
-                    self.beat()
+                self.beat()  # stays stale while a pool thread is stuck
                 self.publish()
                 self.maybe_refresh()
                 continue
@@ -222,6 +239,11 @@ class Worker:
                 return
             self.publish()
             self.maybe_refresh()
+
+    def maybe_reopen_log(self) -> None:
+        if self.log_reopen is not None and self.log_reopen[1].is_set():
+            self.log_reopen[1].clear()
+            self.log_reopen[0].reopen()
 
     def maybe_refresh(self) -> None:
         now = time.monotonic()
@@ -269,8 +291,12 @@ class Worker:
         threads = self.config.workers.threads
         # Small batches when there are few lines, so a short file of slow
         # lookups still spreads over every thread; large ones otherwise, so a
-        # fast stage does not pay a pool hand-off per address.
-        size = max(1, min(_MAX_POOL_BATCH, -(-len(lines) // threads)))
+        # fast stage does not pay a pool hand-off per address. The batches
+        # come in whole rounds of one per thread: 6,000 lines on 16 threads as
+        # 24 batches of 256 take two rounds of 256 lines (8 threads idle in
+        # the second); as 32 batches of 188, two rounds of 188 (issue 5).
+        rounds = max(1, -(-len(lines) // (threads * _MAX_POOL_BATCH)))
+        size = max(1, -(-len(lines) // (threads * rounds)))
         starts = list(range(0, len(lines), size))
         state = _Running(chunk, part, [b""] * len(starts), [[] for _ in starts], remaining=len(starts))
         if not starts:
@@ -284,7 +310,18 @@ class Worker:
 
     def batch(self, state: _Running, slot: int, lines: list[bytes], first: int) -> None:
         counts: Counter[str] = Counter()
-        state.outputs[slot] = process_lines(lines, first, self.pipeline, counts, state.alerts[slot])
+        me = threading.get_ident()
+        outputs = []
+        try:
+            for at in range(0, len(lines), _PROGRESS_STEP):
+                with self.progress_lock:
+                    self.progress[me] = time.monotonic()
+                step = lines[at:at + _PROGRESS_STEP]
+                outputs.append(process_lines(step, first + at, self.pipeline, counts, state.alerts[slot]))
+        finally:
+            with self.progress_lock:
+                del self.progress[me]
+        state.outputs[slot] = b"".join(outputs)
         self.beat()
         with state.lock:
             state.counts.update(counts)
@@ -333,7 +370,6 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGUSR1, signal.SIG_DFL)
     signal.signal(signal.SIGUSR2, signal.SIG_DFL)
     try:
         from setproctitle import setproctitle
@@ -343,8 +379,12 @@ def worker_main(
         pass
     # Into log.file when one is set, like the supervisor: on stdout these
     # lines would be lost whenever stdout is not the journal (issue 4).
-    configure_logging(config.log.level, config.log.format, role="worker", worker=slot,
-                      target=LogTarget(config.log.file))
+    target = configure_logging(config.log.level, config.log.format, role="worker", worker=slot,
+                               target=LogTarget(config.log.file))
+    # SIGUSR1 (forwarded by the supervisor after logrotate) asks for a reopen;
+    # the handler only records it: the loop reopens outside any write.
+    reopen = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: reopen.set())
     log = get_logger()
     try:
         pipeline = load_pipeline(config)
@@ -352,4 +392,6 @@ def worker_main(
         log.error("worker.boot_failed", problems=list(exc.problems))
         sys.exit(ExitCode.WORKER_BOOT_ERROR)
     stats = StatsClient(Path(runtime_dir), authkey)
-    Worker(slot, conn, heartbeat, config, pipeline, stats, parts_dir).run()
+    worker = Worker(slot, conn, heartbeat, config, pipeline, stats, parts_dir)
+    worker.log_reopen = (target, reopen)
+    worker.run()
