@@ -141,7 +141,13 @@ class Supervisor:
         # work
         self.jobs: dict[int, Job] = {}
         self.job_seq = 0
+        # Names waiting in incoming/: those the watch reported (fresh) and
+        # those scans found (backlog). Claims alternate between the two, so a
+        # file dropped into an idle-looking spool is not stuck behind a
+        # 100,000-file backlog found at start-up.
         self.backlog: deque[tuple[str, float]] = deque()
+        self.fresh: deque[tuple[str, float]] = deque()
+        self.prefer_fresh = True
         self.waiting: set[str] = set()
         self.recovered: deque[str] = deque()
         self.requeued: deque[Chunk] = deque()
@@ -302,7 +308,7 @@ class Supervisor:
             self.publish()
         if self.every("health", 5.0):
             self.health.alerts = self.config.alerts
-            self.health.backlog(now, len(self.backlog), self.backlog_age())
+            self.health.backlog(now, len(self.waiting), self.backlog_age())
             self.health.disk(now)
         if self.metrics and self.every("metrics", self.config.metrics.interval):
             self.write_metrics()
@@ -473,7 +479,7 @@ class Supervisor:
             self.ready_sent = True
             self.publish()  # `ipspool status` says "running" as soon as systemd does
             self.notifier.ready(self.status_line())
-            self.log.info("daemon.ready", workers=[w.pid for w in current], backlog=len(self.backlog))
+            self.log.info("daemon.ready", workers=[w.pid for w in current], backlog=len(self.waiting))
         elif self.reload_pending:
             self.reload_pending = False
             self.notifier.ready(self.status_line())
@@ -622,12 +628,12 @@ class Supervisor:
                 # very ones whose events were lost: look again once they settled.
                 self.last["rescan"] = self.clock() - self.config.spool.rescan_interval + _SETTLE
             else:
-                self.offer(name, time.time())
+                self.offer(name, time.time(), fresh=True)
 
-    def offer(self, name: str, seen: float) -> None:
+    def offer(self, name: str, seen: float, fresh: bool = False) -> None:
         if name not in self.waiting:
             self.waiting.add(name)
-            self.backlog.append((name, seen))
+            (self.fresh if fresh else self.backlog).append((name, seen))
 
     def rescan(self) -> None:
         cutoff = time.time() - _SETTLE
@@ -641,7 +647,7 @@ class Supervisor:
             self.log.error("spool.scan_failed", error=str(exc))
             return
         if found:
-            self.log.debug("spool.rescan", found=found, backlog=len(self.backlog))
+            self.log.debug("spool.rescan", found=found, backlog=len(self.waiting))
 
     def capacity(self, worker: WorkerHandle) -> bool:
         return (worker.ready and not worker.retiring and not worker.killed_for and not worker.exclusive
@@ -710,11 +716,13 @@ class Supervisor:
         return chunk
 
     def claim_next(self) -> Job | None:
-        while self.recovered or self.backlog:
+        while self.recovered or self.backlog or self.fresh:
             if self.recovered:
                 name = job_name = self.recovered.popleft()
             else:
-                name, _ = self.backlog.popleft()
+                use_fresh = bool(self.fresh) and (self.prefer_fresh or not self.backlog)
+                self.prefer_fresh = not self.prefer_fresh
+                name, _ = (self.fresh if use_fresh else self.backlog).popleft()
                 self.waiting.discard(name)
                 claimed_name = self.spool.claim(name)
                 if claimed_name is None:
@@ -760,7 +768,7 @@ class Supervisor:
         its assembly would cost more than they save.
         """
         limit = self.config.workers.chunk_bytes
-        if self.backlog or size <= _MIN_SPLIT:
+        if self.waiting or size <= _MIN_SPLIT:
             return limit
         return max(4096, min(limit, -(-size // (2 * self.config.process_count))))
 
@@ -1035,7 +1043,8 @@ class Supervisor:
 
     def backlog_age(self) -> float:
         """Seconds the oldest waiting file has waited (by its mtime or first sighting)."""
-        return max(0.0, time.time() - self.backlog[0][1]) if self.backlog else 0.0
+        fronts = [q[0][1] for q in (self.backlog, self.fresh) if q]
+        return max(0.0, time.time() - min(fronts)) if fronts else 0.0
 
     def files_per_second(self) -> float:
         if len(self.rate_window) < 2:
@@ -1046,7 +1055,7 @@ class Supervisor:
     def status_line(self) -> str:
         alive = sum(1 for w in self.slots.values() if w is not None and w.ready)
         state = "stopping" if self.stopping else "running"
-        return (f"{state}: {alive}/{self.config.process_count} workers, backlog {len(self.backlog)}, "
+        return (f"{state}: {alive}/{self.config.process_count} workers, backlog {len(self.waiting)}, "
                 f"{self.files_per_second():.1f} files/s, {self.totals['files_done']} done, "
                 f"{self.totals['files_failed']} failed")
 
@@ -1069,7 +1078,7 @@ class Supervisor:
             "pid": os.getpid(), "state": state,
             "started": self.started_at, "spool": str(self.config.spool_dir), "config": self.config_path,
             "generation": self.generation, "processes": self.config.process_count,
-            "threads": self.config.workers.threads, "backlog": len(self.backlog), "backlog_age": round(oldest, 3),
+            "threads": self.config.workers.threads, "backlog": len(self.waiting), "backlog_age": round(oldest, 3),
             "active": len(self.jobs), "files_per_second": round(self.files_per_second(), 2),
             "worker_table": workers,
         })
@@ -1077,7 +1086,7 @@ class Supervisor:
     def write_metrics(self) -> None:
         assert self.metrics is not None
         snapshot = Snapshot(
-            totals=dict(self.totals), backlog_files=len(self.backlog), backlog_age=self.backlog_age(),
+            totals=dict(self.totals), backlog_files=len(self.waiting), backlog_age=self.backlog_age(),
             workers_alive=sum(1 for w in self.slots.values() if w is not None and w.ready),
             workers_configured=self.config.process_count, active_files=len(self.jobs),
             up=not (self.stopping or self.finished),
