@@ -310,6 +310,8 @@ def chart(data: dict[str, Any], path: Path) -> None:
     bars.set_title(f"median of {data['repeats']} runs, {data['machine']['nproc']} cores")
     for w in dict.fromkeys(r["workload"] for r in data["scaling"]):
         pts = sorted((r["settings"]["processes"], r["lines_per_s"]) for r in data["scaling"] if r["workload"] == w)
+        if len(pts) < 2:
+            continue  # measured at one worker count only
         scale.plot([p for p, _ in pts], [t / pts[0][1] for _, t in pts], marker="o", label=w)
     cores = data["machine"]["nproc"]
     scale.plot([1, cores], [1, cores], linestyle=":", color="grey", label="linear")
