@@ -16,6 +16,7 @@ periodic rescan, which also covers events inotify dropped. A queue overflow
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import queue
@@ -79,6 +80,29 @@ class _OverflowSpotter(logging.Handler):
             self.handler.poke()
 
 
+def _no_move_pairing_delay() -> None:
+    """Stop watchdog holding back events behind every rename out of incoming/.
+
+    watchdog keeps each IN_MOVED_FROM for 0.5 s to pair it with its
+    IN_MOVED_TO, in a FIFO queue: every claim (a rename out of incoming/)
+    stalled the next file's event by up to half a second (watchdog issues
+    #390 and #649; issue 5 measured a 450 ms median pick-up for a lone file).
+    Moves out of incoming/ mean nothing here, and a move into it is reported
+    paired or not, so the pairing delay buys nothing. It is a class attribute
+    read when the observer starts; this process runs no other observer.
+    """
+    for module, name in (
+        ("watchdog.observers.inotify_move_event_grouper", "InotifyMoveEventGrouper"),  # watchdog >= 6
+        ("watchdog.observers.inotify_buffer", "InotifyBuffer"),  # watchdog 4 and 5
+    ):
+        try:
+            holder = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        holder.delay = 0.0
+        return
+
+
 class IncomingWatcher:
     def __init__(self, incoming: Path) -> None:
         self.incoming = str(incoming)
@@ -91,6 +115,7 @@ class IncomingWatcher:
         self._observer: InotifyObserver | None = None
 
     def start(self) -> None:
+        _no_move_pairing_delay()
         library_log = logging.getLogger("watchdog")
         library_log.propagate = False  # its records are not JSON; only overflow matters
         library_log.addHandler(logging.NullHandler())
