@@ -227,3 +227,26 @@ def test_stop_signals_exit_zero(make_daemon: Callable[..., Daemon], signum: int)
     d.signal(signum)
     assert d.proc is not None and d.proc.wait(30) == 0
     assert d.events("daemon.stopped")
+
+
+def test_large_file_parts_are_joined_while_it_is_processed(make_daemon: Callable[..., Daemon]) -> None:
+    """A multi-chunk file's parts are appended in order as they arrive (and removed), not all at the end."""
+    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 4}, pipeline={"stages": ["classify", "stagelib:sleepy"]})
+    d.start()
+    lines = addresses(3000)
+    d.drop("growing.txt", "\n".join(lines) + "\n")
+    parts = d.results / ".parts"
+    seen: list[int] = []
+
+    def assembly_growing_before_the_result() -> bool:
+        assembled = [p for p in parts.iterdir() if p.name.endswith(".assembled")]
+        if assembled and not d.result_path("growing.txt").exists():
+            seen.append(assembled[0].stat().st_size)
+            waiting_parts = [p for p in parts.iterdir() if p.name.endswith(".part")]
+            return len(seen) > 1 and seen[-1] > seen[0] and len(waiting_parts) < 20
+        return False
+
+    wait_for(assembly_growing_before_the_result, timeout=60, what="the assembly to grow while chunks run")
+    check_result(d.wait_result("growing.txt", timeout=120), lines)
+    assert not list(parts.iterdir())
+    assert d.stop() == 0

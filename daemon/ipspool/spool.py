@@ -308,9 +308,24 @@ class Spool:
     def assemble(self, parts: list[str], token: str) -> str:
         """Concatenate part files, in order, into one fsync'd part file."""
         out_path = self.part_path(token)
-        out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
-        ok = False
         try:
+            self.append_parts(out_path, parts, 0, sync=True)
+        except OSError:
+            self.remove_part(out_path)  # half a result must not block the retry
+            raise
+        return out_path
+
+    def append_parts(self, out_path: str, parts: list[str], offset: int, sync: bool) -> int:
+        """Append ``parts`` to the assembly at ``offset`` (cutting any tail a
+        failed attempt left there); fsync if ``sync``; return the new size.
+
+        The copied parts are removed: a large file then needs room for its
+        result about once, not twice.
+        """
+        out = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)
+        try:
+            os.ftruncate(out, offset)
+            os.lseek(out, offset, os.SEEK_SET)
             for part in parts:
                 src = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
@@ -323,13 +338,14 @@ class Spool:
                         remaining -= copied
                 finally:
                     os.close(src)
-            os.fsync(out)
-            ok = True
+            if sync:
+                os.fsync(out)
+            size = os.lseek(out, 0, os.SEEK_CUR)
         finally:
             os.close(out)
-            if not ok:
-                os.unlink(out_path)  # half a result must not block the retry
-        return out_path
+        for part in parts:
+            self.remove_part(part)
+        return size
 
     def publish_result(self, part: str, job_name: str) -> str:
         """Link a finished part in as results/JOB.jsonl; never overwrites."""

@@ -94,7 +94,9 @@ class Job:
     failed: bool = False
     started: float = field(default_factory=time.monotonic)
     assembled: str | None = None      # the parts joined into one fsync'd file
-    assembling: bool = False
+    assembling: bool = False          # an append is running on the assembler thread
+    appended: int = 0                 # parts 0..appended-1 are in the assembly
+    assembly_bytes: int = 0           # its size after the last good append
     alerts_logged: int = 0
 
     @property
@@ -158,7 +160,7 @@ class Supervisor:
         # Joining the parts of a large file copies gigabytes: a helper thread
         # does that I/O so the loop (and the systemd watchdog) keeps turning.
         self.assembler = ThreadPoolExecutor(1, thread_name_prefix="assemble")
-        self.assembled: queue.SimpleQueue[tuple[int, str, str]] = queue.SimpleQueue()
+        self.assembled: queue.SimpleQueue[tuple[int, int, int, str]] = queue.SimpleQueue()
         self.disk_full_since: float | None = None
         # state
         self.totals: Counter[str] = Counter()
@@ -807,6 +809,8 @@ class Supervisor:
                        lines=counts.get("lines", 0))
         if job.complete:
             self.to_commit.append(job)
+        elif job.total != 1:
+            self.assemble(job)  # start joining the parts that are in order already
 
     def alert(self, key: Key, alerts: list[tuple[int, str, list[str]]]) -> None:
         """Log ip.listed for matches in alerting lists, up to the per-file limit."""
@@ -874,11 +878,10 @@ class Supervisor:
 
     def publish_one(self, job: Job) -> tuple[str, str] | None:
         """Step 2 for one job: link its result in; (part, result path) or None if not now."""
-        parts = [job.parts[i] for i in range(job.total or 0)]
-        if len(parts) > 1 and job.assembled is None:
-            self.assemble(job, parts)
+        if job.total != 1 and job.assembled is None:
+            self.assemble(job)
             return None
-        part = parts[0] if len(parts) == 1 else job.assembled or ""
+        part = job.parts[0] if job.total == 1 else job.assembled or ""
         try:
             return part, self.spool.publish_result(part, job.claimed.job_name)
         except FileExistsError:
@@ -940,16 +943,31 @@ class Supervisor:
         self.rate_window.append((now, self.totals["files_done"]))
         self.dirty = True
 
-    def assemble(self, job: Job, parts: list[str]) -> None:
-        """Join a large file's parts on the assembler thread; collect_assembled() resumes."""
-        if job.assembling:
+    def assembly_path(self, job: Job) -> str:
+        return self.spool.part_path(f"{job.seq}.assembled")
+
+    def assemble(self, job: Job) -> None:
+        """Append the next run of finished parts, in order, on the assembler thread.
+
+        Called as parts arrive, so joining a large file's result overlaps with
+        processing it; the append that takes in the last part also fsyncs.
+        collect_assembled() takes the outcome back on the loop.
+        """
+        if job.failed or job.assembling or job.assembled is not None or job.total == 1:
+            return
+        run: list[str] = []
+        while job.appended + len(run) in job.parts:
+            run.append(job.parts[job.appended + len(run)])
+        last = job.total is not None and job.appended + len(run) == job.total
+        if not run and not last:
             return
         job.assembling = True
-        future = self.assembler.submit(self.spool.assemble, parts, f"{job.seq}.assembled")
+        future = self.assembler.submit(self.spool.append_parts, self.assembly_path(job), run,
+                                       job.assembly_bytes, last)
 
-        def report(done: Future[str], seq: int = job.seq) -> None:
+        def report(done: Future[int], seq: int = job.seq, count: int = len(run)) -> None:
             error = done.exception()
-            self.assembled.put((seq, "" if error else done.result(), str(error) if error else ""))
+            self.assembled.put((seq, count, -1 if error else done.result(), str(error) if error else ""))
             try:
                 os.write(self.sig_w, b"\0")  # wake the loop
             except BlockingIOError:
@@ -960,20 +978,25 @@ class Supervisor:
     def collect_assembled(self) -> None:
         while True:
             try:
-                seq, path, error = self.assembled.get_nowait()
+                seq, count, size, error = self.assembled.get_nowait()
             except queue.Empty:
                 return
             job = self.jobs.get(seq)
             if job is None or job.failed:
-                if path:
-                    self.spool.remove_part(path)
+                self.spool.remove_part(self.spool.part_path(f"{seq}.assembled"))
                 continue
             job.assembling = False
             if error:
-                self.delay_commit(error)
+                self.delay_commit(error)  # out of space: the commit retry appends again
+                self.to_commit.append(job)
+                continue
+            job.appended += count
+            job.assembly_bytes = size
+            if job.total is not None and job.appended == job.total:
+                job.assembled = self.assembly_path(job)
+                self.to_commit.append(job)
             else:
-                job.assembled = path
-            self.to_commit.append(job)
+                self.assemble(job)
 
     def input_changed(self, job: Job) -> bool:
         """Fail a job whose input was written to after its claim (a producer writing in place)."""
@@ -1003,7 +1026,10 @@ class Supervisor:
     def check_stopped(self) -> None:
         if not self.stopping or self.finished:
             return
-        if self.inflight_count() and self.clock() < self.stop_deadline:
+        # A file whose chunks are all done but whose parts are still being
+        # joined is worth finishing too.
+        joining = any(job.assembling for job in self.jobs.values())
+        if (self.inflight_count() or joining) and self.clock() < self.stop_deadline:
             self.extend_stop()
             return
         if self.inflight_count():
