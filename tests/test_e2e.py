@@ -250,3 +250,30 @@ def test_large_file_parts_are_joined_while_it_is_processed(make_daemon: Callable
     check_result(d.wait_result("growing.txt", timeout=120), lines)
     assert not list(parts.iterdir())
     assert d.stop() == 0
+
+
+def test_log_writes_failing_do_not_stop_processing(make_daemon: Callable[..., Daemon]) -> None:
+    """With log.file on /dev/full (every write ENOSPC) the daemon still processes files and stops cleanly."""
+    d = make_daemon()
+    d.write_config(log={"file": "/dev/full"})
+    d.start(wait_ready=False)
+    wait_for((d.spool / "tmp").is_dir, what="the spool to be created")
+    d.drop("quiet.txt", "1.1.1.1\n")
+    assert d.wait_result("quiet.txt")[0]["ip"] == "1.1.1.1"
+    assert d.stop() == 0
+
+
+def test_hup_during_a_stop_is_ignored(make_daemon: Callable[..., Daemon]) -> None:
+    """A reload signal that arrives while the daemon drains starts no new workers."""
+    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 2}, pipeline={"stages": ["classify", "stagelib:sleepy"]})
+    d.start()
+    d.drop("long.txt", "\n".join(addresses(1500)) + "\n")
+    d.wait_event("chunk.done")
+    d.signal(signal.SIGTERM)
+    d.wait_event("daemon.stopping")
+    d.signal(signal.SIGHUP)
+    assert d.proc is not None and d.proc.wait(60) == 0
+    refused = d.wait_event("config.reload_failed")
+    assert "stopping" in refused["problems"][0]
+    assert not d.events("config.reloading")
+    assert [e["generation"] for e in d.events("worker.spawned")] == [0, 0]

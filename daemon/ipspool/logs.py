@@ -47,17 +47,20 @@ class LogTarget:
         if not self.path:
             return
         with self._lock:
-            old, self.fd = self.fd, self._open()
+            try:
+                new = self._open()
+            except OSError:
+                return  # keep writing to the old file rather than crash on logrotate
+            old, self.fd = self.fd, new
             os.close(old)
 
     def write(self, line: bytes) -> None:
         try:
             os.write(self.fd, line)
-        except BlockingIOError:
-            # A non-blocking stdout that is full: losing a log line beats
-            # stalling the supervisor loop.
-            pass
-        except BrokenPipeError:
+        except OSError:
+            # A full pipe or disk, a closed reader, an I/O error: losing a
+            # log line beats stalling or crashing the daemon (and with it the
+            # files in flight).
             pass
 
 

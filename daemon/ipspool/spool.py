@@ -82,6 +82,18 @@ class Claimed:
     mtime: float
 
 
+def job_base(name: str) -> str:
+    """A name short enough that JOB.N.error.json still fits in NAME_MAX.
+
+    The daemon and `ipspool submit` both use it, so a long name a producer
+    submits is the name its result gets.
+    """
+    room = _NAME_MAX - len(ERROR_SUFFIX) - 12
+    # fsencode: a name need not be UTF-8 (its bytes come back as surrogates).
+    raw = os.fsencode(name)
+    return name if len(raw) <= room else os.fsdecode(raw[:room])
+
+
 def fsync_dir(fd: int) -> None:
     os.fsync(fd)
 
@@ -232,10 +244,7 @@ class Spool:
 
     def unique_job_name(self, name: str) -> str:
         """``name``, or ``name.N`` for the smallest N that is free everywhere."""
-        room = _NAME_MAX - len(ERROR_SUFFIX) - 12
-        # fsencode: a name need not be UTF-8 (its bytes come back as surrogates).
-        raw = os.fsencode(name)
-        base = name if len(raw) <= room else os.fsdecode(raw[:room])
+        base = job_base(name)
         if not self._taken(base) and base == name:
             return base
         for n in range(1, 1_000_000):
@@ -257,6 +266,12 @@ class Spool:
                 except FileNotFoundError:
                     continue
                 yield entry.name, mtime
+
+    def mtime_in_incoming(self, name: str) -> float:
+        try:
+            return os.stat(name, dir_fd=self.fds["incoming"], follow_symlinks=False).st_mtime
+        except OSError:
+            return -1.0
 
     def claim(self, name: str) -> str | None:
         """Rename incoming/NAME into active/; None when it is already gone."""
@@ -442,12 +457,15 @@ class Spool:
         finished: list[str] = []
         failed: list[str] = []
         for job_name in sorted(os.listdir(self.fds["active"])):
-            if _exists(job_name + RESULT_SUFFIX, self.fds["results"]):
-                self.retire_input(job_name, keep)
-                finished.append(job_name)
-            elif _exists(job_name + ERROR_SUFFIX, self.fds["failed"]):
+            # The error record first: a job that failed as result_exists has
+            # someone else's file at its result name, and a published job
+            # never has an error record.
+            if _exists(job_name + ERROR_SUFFIX, self.fds["failed"]):
                 os.rename(job_name, job_name, src_dir_fd=self.fds["active"], dst_dir_fd=self.fds["failed"])
                 failed.append(job_name)
+            elif _exists(job_name + RESULT_SUFFIX, self.fds["results"]):
+                self.retire_input(job_name, keep)
+                finished.append(job_name)
             else:
                 redo.append(job_name)
         if finished or failed:

@@ -23,7 +23,7 @@ from pathlib import Path
 from ipspool.config import Config
 from ipspool.exitcodes import ExitCode
 from ipspool.fsops import rename_noreplace
-from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIX
+from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIX, job_base
 
 __all__ = ["Submitted", "submit_bytes", "submit_files"]
 
@@ -55,7 +55,7 @@ def unobservable(config: Config) -> list[Path]:
 
 
 def _free_name(config: Config, wanted: str) -> str:
-    wanted = wanted.lstrip(".") or "input"
+    wanted = job_base(wanted.lstrip(".") or "input")
     if not _taken(config, wanted):
         return wanted
     n = 1

@@ -98,6 +98,7 @@ class Job:
     appended: int = 0                 # parts 0..appended-1 are in the assembly
     assembly_bytes: int = 0           # its size after the last good append
     alerts_logged: int = 0
+    queued: bool = False              # on the commit queue (never twice)
 
     @property
     def complete(self) -> bool:
@@ -150,6 +151,7 @@ class Supervisor:
         self.backlog: deque[tuple[str, float]] = deque()
         self.fresh: deque[tuple[str, float]] = deque()
         self.prefer_fresh = True
+        self.unclaimable: dict[str, float] = {}  # names whose rename failed, with their mtime
         self.waiting: set[str] = set()
         self.recovered: deque[str] = deque()
         self.requeued: deque[Chunk] = deque()
@@ -370,6 +372,11 @@ class Supervisor:
                       graceful_timeout=self.config.workers.graceful_timeout)
 
     def handle_hup(self) -> None:
+        if self.stopping:
+            self.log.warning("config.reload_failed", config=self.config_path or "<defaults>",
+                             problems=["the daemon is stopping; reload ignored"])
+            self.publish_reload(ok=False, problems=["the daemon is stopping"])
+            return
         problems: list[str] = []
         try:
             new = load_config(self.config_path, spool=self.spool_override)
@@ -397,8 +404,12 @@ class Supervisor:
             self.notifier.ready(self.status_line())
             self.publish_reload(ok=True, problems=[])
             return
-        self.config = new
-        self.log_target = configure_logging(new.log.level, new.log.format, role="supervisor", target=self.log_target)
+        old, self.config = self.config, new
+        target = self.log_target if new.log.file == old.log.file else LogTarget(new.log.file)
+        self.log_target = configure_logging(new.log.level, new.log.format, role="supervisor", target=target)
+        if new.metrics.textfile != old.metrics.textfile:
+            self.metrics = Metrics(new.metrics.textfile) if new.metrics.textfile else None
+        self.health.alerts = new.alerts
         self.generation += 1
         for worker in list(self.workers.values()):
             self.retire(worker)
@@ -450,12 +461,20 @@ class Supervisor:
                 worker.process.kill()
 
     def on_worker_message(self, worker: WorkerHandle) -> None:
-        try:
-            while worker.conn.poll():
+        while True:
+            # Only the pipe's own errors mean the worker is gone; an error
+            # while handling a message must not cut off a live worker.
+            try:
+                if worker.conn.closed or not worker.conn.poll():
+                    return
                 message = worker.conn.recv()
-                self.handle_message(worker, message)
-        except (EOFError, OSError):
-            self.selector.unregister(worker.conn)  # the sentinel reports the death
+            except (EOFError, OSError):
+                try:
+                    self.selector.unregister(worker.conn)  # the sentinel reports the death
+                except (KeyError, ValueError):
+                    pass
+                return
+            self.handle_message(worker, message)
 
     def handle_message(self, worker: WorkerHandle, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -490,6 +509,7 @@ class Supervisor:
             self.publish_reload(ok=True, problems=[])
 
     def on_worker_exit(self, worker: WorkerHandle) -> None:
+        self.on_worker_message(worker)  # its last "done" messages may still be in the pipe
         self.selector.unregister(worker.process.sentinel)
         try:
             self.selector.unregister(worker.conn)
@@ -640,14 +660,19 @@ class Supervisor:
     def rescan(self) -> None:
         cutoff = time.time() - _SETTLE
         found = 0
+        present: set[str] = set()
         try:
             for name, mtime in self.spool.scan_incoming():
+                present.add(name)
+                if self.unclaimable.get(name) == mtime:
+                    continue
                 if mtime <= cutoff and name not in self.waiting:
                     self.offer(name, mtime)
                     found += 1
         except OSError as exc:
             self.log.error("spool.scan_failed", error=str(exc))
             return
+        self.unclaimable = {n: m for n, m in self.unclaimable.items() if n in present}
         if found:
             self.log.debug("spool.rescan", found=found, backlog=len(self.waiting))
 
@@ -704,7 +729,7 @@ class Supervisor:
             job.total = job.produced
             job.close()
             if job.complete:
-                self.to_commit.append(job)
+                self.queue_commit(job)
             return None
         except OSError as exc:
             self.fail_job(job, "unreadable", f"read error while splitting: {exc.strerror}")
@@ -726,7 +751,15 @@ class Supervisor:
                 self.prefer_fresh = not self.prefer_fresh
                 name, _ = (self.fresh if use_fresh else self.backlog).popleft()
                 self.waiting.discard(name)
-                claimed_name = self.spool.claim(name)
+                try:
+                    claimed_name = self.spool.claim(name)
+                except OSError as exc:
+                    # e.g. a producer's directory without write permission for
+                    # us (moving it needs that): leave it, and skip it until
+                    # it changes, instead of crashing on every rescan.
+                    self.log.warning("spool.claim_failed", file=name, error=exc.strerror or str(exc))
+                    self.unclaimable[name] = self.spool.mtime_in_incoming(name)
+                    continue
                 if claimed_name is None:
                     continue  # already gone: a duplicate event
                 job_name = claimed_name
@@ -737,18 +770,25 @@ class Supervisor:
 
     def open_job(self, name: str, job_name: str) -> Job | None:
         config = self.config
+        fd: int | None = None
         try:
             claimed = self.spool.inspect(name, job_name, config.spool.max_file_bytes)
+            chunk_bytes = self.chunk_bytes_for(claimed.size)
+            if claimed.size > chunk_bytes:
+                try:
+                    fd = os.open(claimed.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise InputRejected("unreadable", f"cannot open: {exc.strerror}") from None
         except InputRejected as exc:
             self.log.warning("file.rejected", file=name, job=job_name, reason=exc.reason, detail=exc.detail)
-            self.spool.fail(job_name, exc.reason, exc.detail, {"file": name})
+            try:
+                self.spool.fail(job_name, exc.reason, exc.detail, {"file": name})
+            except OSError as error:
+                self.log.error("spool.fail_failed", file=name, job=job_name, error=str(error),
+                               note="left in active/; retried at the next start")
             self.totals["files_failed"] += 1
             return None
         self.job_seq += 1
-        fd: int | None = None
-        chunk_bytes = self.chunk_bytes_for(claimed.size)
-        if claimed.size > chunk_bytes:
-            fd = os.open(claimed.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         chunks = split_file(
             fd if fd is not None else -1, claimed.size, chunk_bytes, config.spool.max_line_bytes,
             job=self.job_seq, path=claimed.path, dev=claimed.dev, ino=claimed.ino,
@@ -808,7 +848,7 @@ class Supervisor:
         self.log.debug("chunk.done", file=job.claimed.name, chunk=key[1], worker=worker.slot,
                        lines=counts.get("lines", 0))
         if job.complete:
-            self.to_commit.append(job)
+            self.queue_commit(job)
         elif job.total != 1:
             self.assemble(job)  # start joining the parts that are in order already
 
@@ -868,13 +908,27 @@ class Supervisor:
         # Chunks of this job still on workers are discarded as they come back.
         for part in job.parts.values():
             self.spool.remove_part(part)
+        if not job.assembling:  # a running append is cleaned up when it reports back
+            self.spool.remove_part(self.assembly_path(job))
+        for index in range(job.produced):
+            self.attempts.pop((job.seq, index), None)
         name = job.claimed.name
-        error_file = self.spool.fail(job.claimed.job_name, reason, detail, {"file": name, **extra})
+        try:
+            error_file = self.spool.fail(job.claimed.job_name, reason, detail, {"file": name, **extra})
+        except OSError as exc:
+            # The input stays in active/; the next start processes it again.
+            error_file = f"(not written: {exc.strerror or exc})"
         self.totals["files_failed"] += 1
         self.log.error("file.failed", file=name, job=job.claimed.job_name, reason=reason, detail=detail,
                        error_file=error_file, **extra)
         if not any(k[0] == job.seq for w in self.workers.values() for k in w.inflight):
             del self.jobs[job.seq]
+
+    def queue_commit(self, job: Job) -> None:
+        """Put a job on the commit queue once, however many paths lead there."""
+        if not job.queued:
+            job.queued = True
+            self.to_commit.append(job)
 
     def publish_one(self, job: Job) -> tuple[str, str] | None:
         """Step 2 for one job: link its result in; (part, result path) or None if not now."""
@@ -889,7 +943,7 @@ class Supervisor:
                           "a file we did not write holds the result name; nothing was overwritten")
         except OSError as exc:
             # Out of space or similar: keep the parts and try the commit again later.
-            self.to_commit.append(job)
+            self.queue_commit(job)
             self.delay_commit(str(exc))
         return None
 
@@ -899,6 +953,8 @@ class Supervisor:
             self.forget_failed()
             return
         batch, self.to_commit = self.to_commit, []
+        for job in batch:
+            job.queued = False
         published: list[tuple[Job, str, str]] = []
         # A claim must be durable before its result is: otherwise a power cut
         # could bring the input back to incoming/ beside its result.
@@ -988,13 +1044,13 @@ class Supervisor:
             job.assembling = False
             if error:
                 self.delay_commit(error)  # out of space: the commit retry appends again
-                self.to_commit.append(job)
+                self.queue_commit(job)
                 continue
             job.appended += count
             job.assembly_bytes = size
             if job.total is not None and job.appended == job.total:
                 job.assembled = self.assembly_path(job)
-                self.to_commit.append(job)
+                self.queue_commit(job)
             else:
                 self.assemble(job)
 

@@ -72,6 +72,7 @@ class _Running:
     counts: Counter[str] = field(default_factory=Counter)
     remaining: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    started: bool = False  # "start" sent: a batch of it is running
 
 
 def read_chunk(chunk: Chunk) -> bytes:
@@ -252,7 +253,11 @@ class Worker:
             self.pipeline.refresh()
 
     def start(self, chunk: Chunk) -> None:
-        self.send(("start", chunk.key))
+        # "start" tells the supervisor this chunk is in progress, so it is
+        # charged an attempt if we die. Chunks queued behind others in the
+        # pool say so only when their first batch runs.
+        if self.pool is None or chunk.too_long:
+            self.send(("start", chunk.key))
         part = self.part_path(chunk)
         self.current = os.path.basename(chunk.path)
         try:
@@ -312,6 +317,10 @@ class Worker:
         counts: Counter[str] = Counter()
         me = threading.get_ident()
         outputs = []
+        with state.lock:
+            first_batch, state.started = not state.started, True
+        if first_batch:
+            self.send(("start", state.chunk.key))
         try:
             for at in range(0, len(lines), _PROGRESS_STEP):
                 with self.progress_lock:
