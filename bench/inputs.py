@@ -17,34 +17,34 @@ SEED = 20240505
 INVALID = ("010.1.1.1", "1.2.3", "hello", "1.2.3.256", "::1::", "10.0.0.0/8", "fe80::1%%")
 
 
-def _v4(rng: random.Random) -> str:
+def v4(rng: random.Random) -> str:
     return str(ipaddress.IPv4Address(rng.getrandbits(32)))
 
 
-def _v4_special(rng: random.Random) -> str:
+def v4_special(rng: random.Random) -> str:
     base = rng.choice((10 << 24, 192 << 24 | 168 << 16, 100 << 24 | 64 << 16, 127 << 24))
     return str(ipaddress.IPv4Address(base | rng.getrandbits(16)))
 
 
-def _v6_global(rng: random.Random) -> str:
+def v6_global(rng: random.Random) -> str:
     return str(ipaddress.IPv6Address(1 << 125 | rng.getrandbits(125)))
 
 
-def _v6_special(rng: random.Random) -> str:
+def v6_special(rng: random.Random) -> str:
     prefix = rng.choice((0xFE80 << 112, 0xFD00 << 112, 0xFF02 << 112))
     return str(ipaddress.IPv6Address(prefix | rng.getrandbits(64)))
 
 
 def _commented(rng: random.Random) -> str:
-    return f"{_v4(rng)}  # seen {rng.getrandbits(8)} times"
+    return f"{v4(rng)}  # seen {rng.getrandbits(8)} times"
 
 
 # (cumulative share, how to make the line)
 MIX: tuple[tuple[float, Callable[[random.Random], str]], ...] = (
-    (0.55, _v4),
-    (0.65, _v4_special),
-    (0.85, _v6_global),
-    (0.90, _v6_special),
+    (0.55, v4),
+    (0.65, v4_special),
+    (0.85, v6_global),
+    (0.90, v6_special),
     (0.93, lambda rng: rng.choice(INVALID)),                       # 3% invalid
     (0.95, lambda rng: f"# export batch {rng.getrandbits(16)}"),   # 2% comments
     (0.97, lambda rng: ""),                                        # 2% blank

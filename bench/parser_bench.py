@@ -2,7 +2,7 @@
 
 Not a test: run it by hand to check issue 5's target (fast path >= 2x faster).
 
-    /tmp/pv/bin/python bench/parser_bench.py [--count 1000000] [--runs 5]
+    python -m bench.parser_bench [--count 1000000] [--runs 5]   (from the repository root)
 
 Both sides do what one record needs: parse the text, the normalized string,
 version, class and ``global``. The inputs are a fixed-seed mix (see MIX).
@@ -17,27 +17,10 @@ import statistics
 import time
 from collections.abc import Callable
 
+from bench.inputs import v4, v4_special, v6_global, v6_special
 from ipspool.classify import classify
 from ipspool.fastip import fast_parse_classify
 from ipspool.pipeline import parse_address
-
-
-def _v4(rng: random.Random) -> str:
-    return str(ipaddress.IPv4Address(rng.getrandbits(32)))
-
-
-def _v4_special(rng: random.Random) -> str:
-    base = rng.choice((10 << 24, 192 << 24 | 168 << 16, 100 << 24 | 64 << 16, 127 << 24))
-    return str(ipaddress.IPv4Address(base | rng.getrandbits(16)))
-
-
-def _v6_global(rng: random.Random) -> str:
-    return str(ipaddress.IPv6Address(1 << 125 | rng.getrandbits(125)))
-
-
-def _v6_special(rng: random.Random) -> str:
-    prefix = rng.choice((0xFE80 << 112, 0xFD00 << 112, 0xFF02 << 112))
-    return str(ipaddress.IPv6Address(prefix | rng.getrandbits(64)))
 
 
 def _v4_mapped(rng: random.Random) -> str:
@@ -54,10 +37,10 @@ def _invalid(rng: random.Random) -> str:
 
 # (share of the inputs, what they are, how to make one)
 MIX: tuple[tuple[float, str, Callable[[random.Random], str]], ...] = (
-    (0.55, "random IPv4", _v4),
-    (0.10, "IPv4 in 10/8, 192.168/16, 100.64/10, 127/8", _v4_special),
-    (0.20, "random global unicast IPv6 (2000::/3), compressed", _v6_global),
-    (0.05, "IPv6 link-local, unique local, multicast", _v6_special),
+    (0.55, "random IPv4", v4),
+    (0.10, "IPv4 in 10/8, 192.168/16, 100.64/10, 127/8", v4_special),
+    (0.20, "random global unicast IPv6 (2000::/3), compressed", v6_global),
+    (0.05, "IPv6 link-local, unique local, multicast", v6_special),
     (0.05, "IPv4-mapped ::ffff:a.b.c.d", _v4_mapped),
     (0.03, "IPv6 with a zone id (fe80::x%eth0)", _zone_id),
     (0.02, "invalid (leading zeros, three octets, words)", _invalid),
