@@ -277,3 +277,22 @@ def test_hup_during_a_stop_is_ignored(make_daemon: Callable[..., Daemon]) -> Non
     assert "stopping" in refused["problems"][0]
     assert not d.events("config.reloading")
     assert [e["generation"] for e in d.events("worker.spawned")] == [0, 0]
+
+
+def test_status_json_shows_a_non_utf8_name_in_progress(make_daemon: Callable[..., Daemon]) -> None:
+    """`status --json` works while a file whose name is not UTF-8 is being processed (shown as \\xNN)."""
+    d = make_daemon(workers={"threads": 2}, pipeline={"stages": ["classify", "stagelib:sleepy"]})
+    d.start()
+    body = ("\n".join(addresses(1200)) + "\n").encode()
+    tmp = d.spool / "tmp" / "x"
+    tmp.write_bytes(body)
+    os.rename(tmp, os.fsencode(d.spool / "incoming") + b"/caf\xe9.txt")
+
+    def shows_it() -> bool:
+        out = d.ipspool("status", "--config", str(d.config_path), "--json")
+        assert out.returncode == 0, out.stderr
+        rows = json.loads(out.stdout)["daemon"]["worker_table"]
+        return any("caf\\xe9.txt" in name for row in rows for name in row["current"])
+
+    wait_for(shows_it, timeout=30, interval=0.2, what="the file in the worker table")
+    assert d.stop() == 0

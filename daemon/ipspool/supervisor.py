@@ -43,7 +43,7 @@ from ipspool.logs import LogTarget, configure_logging, get_logger
 from ipspool.metrics import Metrics, Snapshot
 from ipspool.notify import Notifier, watchdog_interval
 from ipspool.pipeline import load_pipeline
-from ipspool.spool import Claimed, InputRejected, Spool, SpoolError
+from ipspool.spool import Claimed, InputRejected, Spool, SpoolError, printable
 from ipspool.stats import StatsClient, StatsManager, ensure_authkey, start_manager
 from ipspool.watcher import OVERFLOW, IncomingWatcher
 from ipspool.worker import worker_main
@@ -1151,7 +1151,7 @@ class Supervisor:
             {"slot": w.slot, "pid": w.pid, "ready": w.ready, "retiring": w.retiring,
              "inflight": len(w.inflight), "heartbeat_age": round(now - w.heartbeat.value, 3),
              "uptime": round(now - w.born, 1),
-             "current": sorted({os.path.basename(c.path) for c in w.inflight.values()})[:3]}
+             "current": sorted({printable(os.path.basename(c.path)) for c in w.inflight.values()})[:3]}
             for w in sorted(self.workers.values(), key=lambda w: (w.slot, w.pid))
         ]
         self.stats.call("set_totals", dict(self.totals))

@@ -39,6 +39,7 @@ from ipspool.config import Config, ConfigError
 from ipspool.exitcodes import ExitCode
 from ipspool.logs import LogTarget, configure_logging, get_logger
 from ipspool.pipeline import Alert, Pipeline, load_pipeline, process_lines, split_lines
+from ipspool.spool import printable
 from ipspool.stats import StatsClient
 
 __all__ = ["ChunkFailed", "worker_main"]
@@ -194,7 +195,7 @@ class Worker:
         self._published = now
         self.stats.call("update_worker", os.getpid(), {
             "slot": self.slot, "pid": os.getpid(), "chunks_done": self.chunks_done,
-            "lines_done": self.lines_done, "current": self.current, "heartbeat": time.time(),
+            "lines_done": self.lines_done, "current": printable(self.current), "heartbeat": time.time(),
             "state": "busy" if self.current or self.running else "idle",
         })
 
