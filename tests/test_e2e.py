@@ -120,6 +120,13 @@ def test_worker_killed_mid_chunk_loses_nothing(make_daemon: Callable[..., Daemon
     assert died["cause"] == "signal 9"
     d.wait_event("worker.replaced")
     wait_for(lambda: len(d.worker_pids()) == 2, what="two workers again")
+
+    def status_counts_the_restart() -> bool:
+        out = d.ipspool("status", "--config", str(d.config_path), "--json")
+        rows = json.loads(out.stdout)["daemon"]["worker_table"] if out.returncode == 0 else []
+        return any(row["slot"] == died["worker"] and row["restarts"] == 1 for row in rows)
+
+    wait_for(status_counts_the_restart, what="the restart in the status worker table")
     assert d.stop() == 0
 
 

@@ -48,8 +48,8 @@ def render_status(snapshot: dict[str, Any]) -> str:
         verdict = "ok" if reload.get("ok") else "REFUSED: " + "; ".join(reload.get("problems", []))
         lines.append(f"  Reload: {verdict} ({_age(time.time() - reload.get('time', 0))} ago)")
     lines.append("")
-    header = (f"  {'WORKER':<7}{'PID':>8}  {'STATE':<9}{'UPTIME':>8}{'INFLIGHT':>10}  {'HEARTBEAT':>9}  "
-              f"{'CHUNKS':>7}  {'LINES':>10}")
+    header = (f"  {'WORKER':<7}{'PID':>8}  {'STATE':<9}{'UPTIME':>8}{'RESTARTS':>10}{'INFLIGHT':>10}  "
+              f"{'HEARTBEAT':>9}  {'CHUNKS':>7}  {'LINES':>10}")
     lines.append(header + "  CURRENT")
     for row in daemon.get("worker_table", []):
         state = "retiring" if row.get("retiring") else ("ready" if row.get("ready") else "starting")
@@ -58,7 +58,7 @@ def render_status(snapshot: dict[str, Any]) -> str:
         done = progress.get(row.get("pid"), {})
         lines.append(
             f"  {row.get('slot', '?'):<7}{row.get('pid', '?'):>8}  {state:<9}{_age(row.get('uptime', 0)):>8}"
-            f"{row.get('inflight', 0):>10}  "
+            f"{row.get('restarts', 0):>10}{row.get('inflight', 0):>10}  "
             f"{row.get('heartbeat_age', 0):>8.1f}s  {done.get('chunks_done', 0):>7}  {done.get('lines_done', 0):>10}  "
             f"{', '.join(row.get('current', [])) or '-'}"
         )

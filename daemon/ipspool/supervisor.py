@@ -140,6 +140,7 @@ class Supervisor:
         self.respawn_at: dict[int, float] = {}
         self.deaths_in_a_row = 0
         self.boot_failures = 0
+        self.slot_restarts: Counter[int] = Counter()  # replacements per slot, for `ipspool status`
         self.generation = 0
         # work
         self.jobs: dict[int, Job] = {}
@@ -538,6 +539,7 @@ class Supervisor:
                        chunks_in_flight=len(worker.inflight), uptime=round(self.clock() - worker.born, 3))
         if not self.stopping:
             self.totals["worker_restarts"] += 1
+            self.slot_restarts[worker.slot] += 1
         self.reclaim(worker, cause)
         if not worker.ready:
             self.boot_failures += 1
@@ -1150,7 +1152,7 @@ class Supervisor:
         workers = [
             {"slot": w.slot, "pid": w.pid, "ready": w.ready, "retiring": w.retiring,
              "inflight": len(w.inflight), "heartbeat_age": round(now - w.heartbeat.value, 3),
-             "uptime": round(now - w.born, 1),
+             "uptime": round(now - w.born, 1), "restarts": self.slot_restarts[w.slot],
              "current": sorted({printable(os.path.basename(c.path)) for c in w.inflight.values()})[:3]}
             for w in sorted(self.workers.values(), key=lambda w: (w.slot, w.pid))
         ]
