@@ -303,3 +303,17 @@ def test_status_json_shows_a_non_utf8_name_in_progress(make_daemon: Callable[...
 
     wait_for(shows_it, timeout=30, interval=0.2, what="the file in the worker table")
     assert d.stop() == 0
+
+
+def test_reload_to_a_log_file_that_cannot_be_opened_is_refused(make_daemon: Callable[..., Daemon]) -> None:
+    """HUP naming a log.file in a missing directory is refused; the daemon keeps running and logging."""
+    d = make_daemon()
+    d.start()
+    good = d.config_path.read_text()
+    d.config_path.write_text(good.replace(str(d.log_path), str(d.root / "missing" / "x.log")))
+    d.signal(signal.SIGHUP)
+    refused = d.wait_event("config.reload_failed")
+    assert "log.file" in refused["problems"][0]
+    d.drop("still.txt", "1.2.3.4\n")
+    assert d.wait_result("still.txt")[0]["ip"] == "1.2.3.4"
+    assert d.stop() == 0

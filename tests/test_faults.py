@@ -217,6 +217,8 @@ def test_stage_that_aborts_is_poison_without_a_fork_loop(make_daemon: Callable[.
     failure = d.wait_failed("abort.txt")
     assert failure["reason"] == "poison" and "signal 6" in failure["detail"]
     # Deaths in a row with no progress in between: each respawn waits longer.
+    # (The back-off of the last death is logged just after the failure record.)
+    wait_for(lambda: len(d.events("worker.backoff")) >= 2, what="two back-off events")
     delays = [e["delay"] for e in d.events("worker.backoff")]
     assert len(delays) == 2 and 0 < delays[0] < delays[1]
     d.drop("abort-2.txt", "6.6.6.6\n")

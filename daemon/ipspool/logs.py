@@ -54,6 +54,13 @@ class LogTarget:
             old, self.fd = self.fd, new
             os.close(old)
 
+    def close(self) -> None:
+        """Close a log file (never stdout)."""
+        if self.path:
+            with self._lock:
+                os.close(self.fd)
+                self.fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+
     def write(self, line: bytes) -> None:
         try:
             os.write(self.fd, line)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ SUBDIRS = ("tmp", "incoming", "active", "done", "failed")
 RESULT_SUFFIX = ".jsonl"
 ERROR_SUFFIX = ".error.json"
 PARTS = ".parts"
+_COPY_PIECE = 64 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NAME_MAX = 255
@@ -171,6 +173,7 @@ class Spool:
         self.root = spool_dir
         self.results = results_dir
         self.fds: dict[str, int] = {}
+        self.abandon = threading.Event()  # set at shutdown: stop copying
 
     # -- setting up -------------------------------------------------------
 
@@ -346,8 +349,10 @@ class Spool:
                 try:
                     remaining = os.fstat(src).st_size
                     while remaining > 0:
-                        # In-kernel copy; no result bytes pass through Python.
-                        copied = os.copy_file_range(src, out, remaining)
+                        if self.abandon.is_set():
+                            raise InterruptedError("the daemon is stopping")
+                        # In-kernel copy, in pieces so a stop is not held up.
+                        copied = os.copy_file_range(src, out, min(remaining, _COPY_PIECE))
                         if copied == 0:
                             break
                         remaining -= copied
@@ -359,7 +364,10 @@ class Spool:
         finally:
             os.close(out)
         for part in parts:
-            self.remove_part(part)
+            try:
+                self.remove_part(part)
+            except (OSError, KeyError):
+                pass  # copied already; a stale part is cleaned at the next start
         return size
 
     def publish_result(self, part: str, job_name: str) -> str:

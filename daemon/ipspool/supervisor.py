@@ -20,6 +20,7 @@ Retries run alone on an idle worker, so the blame lands on the right chunk.
 
 from __future__ import annotations
 
+import errno
 import multiprocessing
 import os
 import queue
@@ -163,7 +164,7 @@ class Supervisor:
         # Joining the parts of a large file copies gigabytes: a helper thread
         # does that I/O so the loop (and the systemd watchdog) keeps turning.
         self.assembler = ThreadPoolExecutor(1, thread_name_prefix="assemble")
-        self.assembled: queue.SimpleQueue[tuple[int, int, int, str]] = queue.SimpleQueue()
+        self.assembled: queue.SimpleQueue[tuple[int, int, int, str, int]] = queue.SimpleQueue()
         self.disk_full_since: float | None = None
         # state
         self.totals: Counter[str] = Counter()
@@ -258,6 +259,10 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self.watcher.stop()
+        # A join still copying is abandoned within one 64 MiB piece; its input
+        # stays in active/ and is processed again at the next start.
+        self.spool.abandon.set()
+        self.assembler.shutdown(wait=True, cancel_futures=True)
         for worker in list(self.workers.values()):
             if worker.process.is_alive():
                 worker.process.kill()
@@ -372,23 +377,34 @@ class Supervisor:
         self.log.info("daemon.stopping", signal=name, inflight=self.inflight_count(),
                       graceful_timeout=self.config.workers.graceful_timeout)
 
+    def reload_candidate(self) -> tuple[Config | None, LogTarget, list[str]]:
+        """The new configuration and its log target, or None and the problems."""
+        try:
+            new = load_config(self.config_path, spool=self.spool_override)
+            load_pipeline(new, self.config_path or "<config>").close()
+        except ConfigError as exc:
+            return None, self.log_target, list(exc.problems)
+        problems = [
+            f"{what} cannot change on reload; restart the daemon to move it"
+            for what in ("spool_dir", "results_dir", "runtime_dir")
+            if getattr(new, what) != getattr(self.config, what)
+        ]
+        target = self.log_target
+        if not problems and new.log.file != self.config.log.file:
+            try:
+                target = LogTarget(new.log.file)
+            except OSError as exc:
+                problems.append(f"log.file: cannot open {new.log.file!r}: {exc.strerror or exc}")
+        return (None if problems else new), target, problems
+
     def handle_hup(self) -> None:
         if self.stopping:
             self.log.warning("config.reload_failed", config=self.config_path or "<defaults>",
                              problems=["the daemon is stopping; reload ignored"])
             self.publish_reload(ok=False, problems=["the daemon is stopping"])
             return
-        problems: list[str] = []
-        try:
-            new = load_config(self.config_path, spool=self.spool_override)
-            load_pipeline(new, self.config_path or "<config>").close()
-        except ConfigError as exc:
-            problems = list(exc.problems)
-        else:
-            for what in ("spool_dir", "results_dir", "runtime_dir"):
-                if getattr(new, what) != getattr(self.config, what):
-                    problems.append(f"{what} cannot change on reload; restart the daemon to move it")
-        if problems:
+        new, target, problems = self.reload_candidate()
+        if new is None:
             self.log.error("config.reload_failed", config=self.config_path or "<defaults>", problems=problems)
             self.publish_reload(ok=False, problems=problems)
             return
@@ -406,9 +422,12 @@ class Supervisor:
             self.publish_reload(ok=True, problems=[])
             return
         old, self.config = self.config, new
-        target = self.log_target if new.log.file == old.log.file else LogTarget(new.log.file)
+        if target is not self.log_target:
+            self.log_target.close()
         self.log_target = configure_logging(new.log.level, new.log.format, role="supervisor", target=target)
         if new.metrics.textfile != old.metrics.textfile:
+            if self.metrics:
+                self.write_metrics(up=False)  # the old file must not say "up" forever
             self.metrics = Metrics(new.metrics.textfile) if new.metrics.textfile else None
         self.health.alerts = new.alerts
         self.generation += 1
@@ -758,9 +777,11 @@ class Supervisor:
                 except OSError as exc:
                     # e.g. a producer's directory without write permission for
                     # us (moving it needs that): leave it, and skip it until
-                    # it changes, instead of crashing on every rescan.
+                    # it changes, instead of crashing on every rescan. Other
+                    # errors (a full disk, EIO) are retried by the next rescan.
                     self.log.warning("spool.claim_failed", file=name, error=exc.strerror or str(exc))
-                    self.unclaimable[name] = self.spool.mtime_in_incoming(name)
+                    if exc.errno in (errno.EACCES, errno.EPERM):
+                        self.unclaimable[name] = self.spool.mtime_in_incoming(name)
                     continue
                 if claimed_name is None:
                     continue  # already gone: a duplicate event
@@ -1025,7 +1046,8 @@ class Supervisor:
 
         def report(done: Future[int], seq: int = job.seq, count: int = len(run)) -> None:
             error = done.exception()
-            self.assembled.put((seq, count, -1 if error else done.result(), str(error) if error else ""))
+            code = error.errno or 0 if isinstance(error, OSError) else 0
+            self.assembled.put((seq, count, -1 if error else done.result(), str(error) if error else "", code))
             try:
                 os.write(self.sig_w, b"\0")  # wake the loop
             except BlockingIOError:
@@ -1036,7 +1058,7 @@ class Supervisor:
     def collect_assembled(self) -> None:
         while True:
             try:
-                seq, count, size, error = self.assembled.get_nowait()
+                seq, count, size, error, code = self.assembled.get_nowait()
             except queue.Empty:
                 return
             job = self.jobs.get(seq)
@@ -1044,9 +1066,14 @@ class Supervisor:
                 self.spool.remove_part(self.spool.part_path(f"{seq}.assembled"))
                 continue
             job.assembling = False
-            if error:
+            if error and code in (errno.ENOSPC, errno.EDQUOT):
                 self.delay_commit(error)  # out of space: the commit retry appends again
                 self.queue_commit(job)
+                continue
+            if error:
+                # Not a full disk (a filesystem without copy_file_range, an
+                # I/O error): retrying would loop forever.
+                self.fail_job(job, "assembly_failed", f"joining the result's parts failed: {error}")
                 continue
             job.appended += count
             job.assembly_bytes = size
@@ -1167,13 +1194,13 @@ class Supervisor:
             "worker_table": workers,
         })
 
-    def write_metrics(self) -> None:
+    def write_metrics(self, up: bool | None = None) -> None:
         assert self.metrics is not None
         snapshot = Snapshot(
             totals=dict(self.totals), backlog_files=len(self.waiting), backlog_age=self.backlog_age(),
             workers_alive=sum(1 for w in self.slots.values() if w is not None and w.ready),
             workers_configured=self.config.process_count, active_files=len(self.jobs),
-            up=not (self.stopping or self.finished),
+            up=not (self.stopping or self.finished) if up is None else up,
         )
         try:
             self.metrics.write(snapshot)

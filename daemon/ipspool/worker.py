@@ -319,9 +319,11 @@ class Worker:
         me = threading.get_ident()
         outputs = []
         with state.lock:
-            first_batch, state.started = not state.started, True
-        if first_batch:
-            self.send(("start", state.chunk.key))
+            # Sent under the lock: no sibling batch of this chunk can run (and
+            # crash the worker) before the supervisor knows it started.
+            if not state.started:
+                self.send(("start", state.chunk.key))
+                state.started = True
         try:
             for at in range(0, len(lines), _PROGRESS_STEP):
                 with self.progress_lock:
