@@ -7,93 +7,36 @@ systemd, or its nspawn process is killed by pid.
 
 from __future__ import annotations
 
-import os
 import subprocess
+import sys
 from pathlib import Path
 
-from conftest import wait_for
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from nspawn_base import NspawnContainer
 
 __all__ = ["Container"]
 
-_NSPAWN_DIR = "/run/systemd/nspawn"
 
+class Container(NspawnContainer):
+    """A fresh Debian root (debootstrap), booted as it is."""
 
-def _mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as handle:
-        return any(line.split()[4] == path for line in handle)
-
-
-class Container:
     def __init__(self, root: Path, name: str, log: Path) -> None:
+        super().__init__(name, log)
         self.root = root
-        self.name = name
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.leader = 0
 
     def boot(self) -> None:
-        if not _mounted(_NSPAWN_DIR):
-            # nspawn refuses without it ("Attempted to remove disk file system
-            # under /run/systemd/nspawn/propagate/..."); another test may have
-            # mounted it already, and then it is left alone.
-            os.makedirs(_NSPAWN_DIR, exist_ok=True)
-            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", _NSPAWN_DIR], check=True)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                ["systemd-nspawn", "-D", str(self.root), "--register=no", "--keep-unit", "-M", self.name,
-                 "--console=pipe", "--boot"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        self.leader = wait_for(self._find_leader, 30, 0.05, what=f"container {self.name} to start")
-        state = wait_for(self._boot_state, 60, 0.1, what=f"systemd in {self.name} to answer")
-        assert state in ("running", "degraded"), f"{self.name} booted to {state!r}; see {self.log}"
+        self.boot_nspawn(["-D", str(self.root)])
 
-    def _boot_state(self) -> str:
-        return self.run("systemctl", "is-system-running", "--wait", check=False, timeout=90).stdout.strip()
+    def as_user(self, user: str, argv: tuple[str, ...]) -> tuple[str, ...]:
+        """``user`` with that user's own groups, and a HOME that exists."""
+        return ("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "env", "HOME=/", *argv)
 
-    def _find_leader(self) -> int:
-        """The container's PID 1: the child of our nspawn process, once it is systemd."""
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"systemd-nspawn exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
-        for pid in children.read_text().split():
-            try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "systemd":
-                    return int(pid)
-            except OSError:
-                continue
-        return 0
-
-    def poweroff(self) -> None:
-        if self.proc is None:
-            return
-        self.run("systemctl", "poweroff", check=False, timeout=30)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()  # our own nspawn process, by its pid
-            self.proc.wait(10)
-        self.proc = None
-
-    def run(self, *argv: str, check: bool = True, timeout: float = 120, user: str | None = None,
-            stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run ``argv`` in the container, as root or as ``user`` (with that user's groups)."""
+    def run(self, *argv: str, check: bool = True, timeout: float = 120, stdin: str | None = None,
+            user: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``argv`` in the container (apt never asks questions), as root or as ``user``."""
         if user is not None:
-            argv = ("setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups", "env", "HOME=/", *argv)
-        result = subprocess.run(
-            ["nsenter", "-t", str(self.leader), "-a", "env", "DEBIAN_FRONTEND=noninteractive", *argv],
-            input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(argv)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def sh(self, script: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
-        return self.run("sh", "-c", script, **kwargs)  # type: ignore[arg-type]
-
-    def exists(self, path: str) -> bool:
-        return self.run("test", "-e", path, check=False).returncode == 0
+            argv = self.as_user(user, argv)
+        return super().run("env", "DEBIAN_FRONTEND=noninteractive", *argv, check=check, timeout=timeout, stdin=stdin)
 
     def active(self, unit: str) -> str:
         return self.run("systemctl", "is-active", unit, check=False).stdout.strip()

@@ -29,6 +29,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))
 from conftest import wait_for, write_toml  # noqa: E402
+from nspawn_base import NspawnContainer  # noqa: E402
 
 __all__ = ["Machine", "boot_ipspool", "require_container", "wait_for"]
 
@@ -69,94 +70,21 @@ def python_paths() -> list[str]:
     return paths
 
 
-def _mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as handle:
-        return any(line.split()[4] == path for line in handle)
-
-
-class Machine:
+class Machine(NspawnContainer):
     """One booted container; ``run`` executes inside it through nsenter."""
-
-    def __init__(self, name: str, log: Path) -> None:
-        self.name = name
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.leader = 0
 
     # -- life cycle ---------------------------------------------------------
 
     def boot(self, binds: list[str]) -> None:
-        nspawn_dir = "/run/systemd/nspawn"
-        if not _mounted(nspawn_dir):
-            # Without it nspawn refuses: "Attempted to remove disk file system
-            # under /run/systemd/nspawn/propagate/...". Another test may have
-            # mounted it already; then leave it alone.
-            os.makedirs(nspawn_dir, exist_ok=True)
-            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", nspawn_dir], check=True)
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                ["systemd-nspawn", "-D", "/", "--volatile=yes", "--register=no", "--keep-unit",
-                 "-M", self.name, "--console=pipe", *[f"--bind-ro={b}" for b in binds], "--boot"],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        self.leader = wait_for(self._find_leader, 30, 0.05, what=f"container {self.name} to start")
-        # Until PID 1 has made its socket, systemctl fails at once with no answer;
-        # after that, --wait returns when the boot is done.
-        state = wait_for(self._boot_state, 60, 0.1, what=f"systemd in {self.name} to answer")
-        assert state in ("running", "degraded"), f"container {self.name} boots to {state!r}; see {self.log}"
+        """The host's /usr on a volatile root, with ``binds`` read-only at the same paths."""
+        self.boot_nspawn(["-D", "/", "--volatile=yes", *[f"--bind-ro={b}" for b in binds]])
 
-    def _boot_state(self) -> str:
-        return self.run("systemctl", "is-system-running", "--wait", check=False, timeout=90).stdout.strip()
-
-    def _find_leader(self) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"systemd-nspawn exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                # The child becomes the container's PID 1 once it has exec'd systemd;
-                # entering it earlier would land in half-made namespaces.
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.proc.pid and "(systemd)" in stat:
-                    return int(entry)
-        return 0
-
-    def poweroff(self) -> None:
-        if self.proc is None:
-            return
-        self.run("systemctl", "poweroff", check=False, timeout=30)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()  # our own nspawn process, by its pid
-            self.proc.wait(10)
-        self.proc = None
-
-    # -- commands -----------------------------------------------------------
-
-    def run(self, *argv: str, check: bool = True, timeout: float = 60, stdin: str | None = None,
-            user: str | None = None) -> subprocess.CompletedProcess[str]:
-        if user is not None:
-            argv = ("setpriv", f"--reuid={user}", "--regid=ipspool-submit", "--init-groups", *argv)
-        result = subprocess.run(
-            ["nsenter", "-t", str(self.leader), "-a", *argv], input=stdin, capture_output=True, text=True,
-            timeout=timeout,
-        )
-        if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(argv)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
-        return result
-
-    def sh(self, script: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-        return self.run("sh", "-c", script, **kwargs)
+    def as_user(self, user: str, argv: tuple[str, ...]) -> tuple[str, ...]:
+        """A producer: ``user`` with the producer group as its primary group."""
+        return ("setpriv", f"--reuid={user}", "--regid=ipspool-submit", "--init-groups", *argv)
 
     def write(self, path: str, text: str) -> None:
         self.run("sh", "-c", 'mkdir -p "$(dirname "$1")" && cat > "$1"', "sh", path, stdin=text)
-
-    def exists(self, path: str) -> bool:
-        return self.run("test", "-e", path, check=False).returncode == 0
 
     def systemctl(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.run("systemctl", *args, check=check, timeout=timeout)
