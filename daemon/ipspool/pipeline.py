@@ -16,7 +16,7 @@ import importlib
 import ipaddress
 import pickle
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -340,9 +340,3 @@ def process_chunk(
     counts: Counts = Counter()
     return process_lines(split_lines(data), first_line, pipeline, counts, alerts), counts
 
-
-def merge_counts(parts: Iterable[Mapping[str, int]]) -> Counts:
-    total: Counts = Counter()
-    for part in parts:
-        total.update(part)
-    return total

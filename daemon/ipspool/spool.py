@@ -219,12 +219,6 @@ class Spool:
             self.fds[sub] = _open_dir(self.root / sub)
         self.fds["results"] = _open_dir(self.results)
         self.fds["parts"] = _open_dir(self.results / PARTS)
-        st_spool = os.fstat(self.fds["active"])
-        st_results = os.fstat(self.fds["results"])
-        if st_spool.st_dev != st_results.st_dev:
-            # Not an error: results may live elsewhere. Only spool moves need
-            # one filesystem, and those are all under the spool root.
-            pass
 
     def close(self) -> None:
         for fd in self.fds.values():
