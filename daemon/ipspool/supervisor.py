@@ -902,12 +902,7 @@ class Supervisor:
 
     def delay(self, chunk: Chunk, reason: str, detail: str) -> None:
         """Retry later without counting an attempt (a full disk is not the chunk's fault)."""
-        now = self.clock()
-        if self.disk_full_since is None:
-            self.disk_full_since = now
-            self.log.error("disk.full", reason=reason, detail=detail, results=str(self.config.results_dir))
-        waited = now - self.disk_full_since
-        wait = min(_MAX_BACKOFF, 0.5 + waited / 2)
+        now, wait = self.disk_backoff(reason, detail)
         self.delayed.append((now + wait, chunk))
         self.log.debug("disk.retry", step="chunk", file=os.path.basename(chunk.path), chunk=chunk.index,
                        delay=round(wait, 3))
@@ -1090,12 +1085,16 @@ class Supervisor:
             self.fail_job(job, "changed", changed)
         return changed is not None
 
-    def delay_commit(self, error: str) -> None:
+    def disk_backoff(self, reason: str, detail: str) -> tuple[float, float]:
+        """(now, seconds to wait) for a failed results write; the first failure of an outage logs disk.full."""
         now = self.clock()
         if self.disk_full_since is None:
             self.disk_full_since = now
-            self.log.error("disk.full", reason="commit", detail=error, results=str(self.config.results_dir))
-        wait = min(_MAX_BACKOFF, 0.5 + (now - self.disk_full_since) / 2)
+            self.log.error("disk.full", reason=reason, detail=detail, results=str(self.config.results_dir))
+        return now, min(_MAX_BACKOFF, 0.5 + (now - self.disk_full_since) / 2)
+
+    def delay_commit(self, error: str) -> None:
+        now, wait = self.disk_backoff("commit", error)
         self.commit_retry_at = now + wait
         self.log.debug("disk.retry", step="commit", delay=round(wait, 3))
 
