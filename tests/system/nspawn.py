@@ -198,6 +198,16 @@ def boot_ipspool(name: str, log_dir: Path, extra_dropin: str = "") -> Iterator[M
     """Boot, install unit + sysusers + tmpfiles + config + a producer user; power off at the end."""
     require_container()
     machine = Machine(f"{name}-{os.getpid()}", log_dir / f"{name}.nspawn.log")
+    # A bind mount keeps its directory's own mode: a clone in a 0700 folder
+    # (mktemp -d) would keep the service user and the producer out of the
+    # interpreter. Let others traverse the bound folders while the container
+    # runs, and put their modes back afterwards.
+    restore: dict[str, int] = {}
+    for path in python_paths():
+        mode = os.stat(path).st_mode
+        if not mode & 0o001:
+            restore[path] = mode
+            os.chmod(path, mode | 0o001)
     try:
         machine.boot(python_paths())
         systemd_dir = REPO / "systemd"
@@ -217,3 +227,5 @@ def boot_ipspool(name: str, log_dir: Path, extra_dropin: str = "") -> Iterator[M
         yield machine
     finally:
         machine.poweroff()
+        for path, mode in restore.items():
+            os.chmod(path, mode)
