@@ -5,20 +5,20 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from ipspool.config import load_config
 from ipspool.logs import LogTarget, configure_logging
-from ipspool.supervisor import Supervisor, WorkerHandle
+from ipspool.protocol import Done
+from ipspool.supervisor import Supervisor
 
 
 def settle(supervisor: Supervisor) -> None:
     """Let the assembler thread finish, then take its reports on the 'loop'."""
     deadline = time.monotonic() + 10
-    while any(job.assembling for job in supervisor.jobs.values()) and time.monotonic() < deadline:
+    while supervisor.committer.joining() and time.monotonic() < deadline:
         time.sleep(0.01)
-        supervisor.collect_assembled()
-    supervisor.collect_assembled()
+        supervisor.committer.collect()
+    supervisor.committer.collect()
 
 
 def test_a_job_reaching_the_commit_queue_twice_is_published_once(tmp_path: Path) -> None:
@@ -29,32 +29,40 @@ def test_a_job_reaching_the_commit_queue_twice_is_published_once(tmp_path: Path)
     supervisor.spool.create()
     supervisor.spool.open()
     (tmp_path / "spool" / "incoming" / "big").write_bytes(b"1.2.3.4\n" * 3)
-    job_name = supervisor.spool.claim("big")
-    assert job_name is not None
-    job = supervisor.open_job("big", job_name)
+    supervisor.intake.offer("big", 0.0)
+    claim = supervisor.intake.claim_next()
+    assert claim is not None
+    claimed = supervisor.intake.inspect(*claim)
+    assert claimed is not None
+    job = supervisor.book.open_job(claimed, supervisor.intake)
     assert job is not None
-    job.chunks, job.total = None, 3  # as if the splitter made three chunks
-    worker: Any = WorkerHandle(0, None, None, None, 0.0, 1, 0)  # type: ignore[arg-type]
-    worker.inflight = {(job.seq, i): None for i in range(3)}
+    # As if the splitter made three chunks, all handed out.
+    first = supervisor.book.split_next(job)
+    assert first is not None
+    job.close()
+    job.total = job.produced = 3
+    job.move(job.state.RUNNING)
+    job.outstanding = {i: first for i in range(3)}
+    book = supervisor.book
 
     def part(i: int) -> str:
         path = supervisor.spool.part_path(f"x.{i}.part")
         Path(path).write_bytes(b'{"line":%d}\n' % (i + 1))
         return path
 
-    supervisor.delay_commit("ENOSPC (an earlier outage postpones commits)")
-    supervisor.chunk_done(worker, (job.seq, 0), part(0), {"lines": 1})  # a join of part 0 starts
-    supervisor.chunk_done(worker, (job.seq, 2), part(2), {"lines": 1})
-    supervisor.chunk_done(worker, (job.seq, 1), part(1), {"lines": 1})  # complete: queued
+    supervisor.committer.delay("ENOSPC (an earlier outage postpones commits)")
+    book.on_done(Done((job.seq, 0), part(0), {"lines": 1}))  # a join of part 0 starts
+    book.on_done(Done((job.seq, 2), part(2), {"lines": 1}))
+    book.on_done(Done((job.seq, 1), part(1), {"lines": 1}))  # complete: queued
     settle(supervisor)  # the join finishes: would queue it again
-    assert [j.seq for j in supervisor.to_commit] == [job.seq]
-    supervisor.commit_retry_at = 0
-    supervisor.commit()
+    assert [j.seq for j in supervisor.committer.to_commit] == [job.seq]
+    supervisor.committer.retry_at = 0
+    supervisor.committer.commit()
     settle(supervisor)
-    supervisor.commit()
+    supervisor.committer.commit()
     assert sorted(os.listdir(tmp_path / "spool" / "results")) == [".parts", "big.jsonl"]
     assert (tmp_path / "spool" / "results" / "big.jsonl").read_bytes() == b'{"line":1}\n{"line":2}\n{"line":3}\n'
     assert os.listdir(tmp_path / "spool" / "failed") == []
     assert os.listdir(tmp_path / "spool" / "done") == ["big"]
-    supervisor.assembler.shutdown()
+    supervisor.committer.assembler.shutdown()
     supervisor.spool.close()

@@ -25,12 +25,14 @@ import orjson
 from ipspool.classify import classify, classify_fields
 from ipspool.config import Config, ConfigError
 from ipspool.fastip import ParsedAddress, fast_parse_classify
+from ipspool.protocol import Alert
 
 __all__ = [
     "RESERVED_FIELDS",
     "Address",
     "Pipeline",
     "Stage",
+    "error_record",
     "load_pipeline",
     "parse_address",
     "process_chunk",
@@ -258,11 +260,9 @@ def split_lines(data: bytes) -> list[bytes]:
     return lines
 
 
-def _error_record(line_no: int, shown: str, message: str) -> bytes:
+def error_record(line_no: int, shown: str, message: str) -> bytes:
     return orjson.dumps({"line": line_no, "input": shown[:_INPUT_PREVIEW], "error": message}) + b"\n"
 
-
-Alert = tuple[int, str, list[str]]  # (line, ip, names of alerting lists)
 
 
 def process_lines(  # noqa: PLR0912, PLR0915 - the per-line hot loop, kept inline for speed
@@ -282,7 +282,7 @@ def process_lines(  # noqa: PLR0912, PLR0915 - the per-line hot loop, kept inlin
             counts["invalid"] += 1
             shown = raw[:64].decode("utf-8", "backslashreplace")
             message = f"line too long: {len(raw)} bytes, limit {limit}"
-            out.append(_error_record(line_no, shown, message))
+            out.append(error_record(line_no, shown, message))
             continue
         if line_no == 1 and raw.startswith(_BOM):
             raw = raw[len(_BOM):]
@@ -298,18 +298,18 @@ def process_lines(  # noqa: PLR0912, PLR0915 - the per-line hot loop, kept inlin
         except UnicodeDecodeError:
             counts["invalid"] += 1
             shown = raw.decode("utf-8", "backslashreplace")
-            out.append(_error_record(line_no, shown, "not valid UTF-8"))
+            out.append(error_record(line_no, shown, "not valid UTF-8"))
             continue
         if "\x00" in text:
             counts["invalid"] += 1
-            out.append(_error_record(line_no, text.replace("\x00", "\\x00"), "contains a NUL byte"))
+            out.append(error_record(line_no, text.replace("\x00", "\\x00"), "contains a NUL byte"))
             continue
         try:
             # The fast parser raises parse_address's own errors (fastip.py).
             parsed = fast_parse_classify(text)
         except ValueError as exc:
             counts["invalid"] += 1
-            out.append(_error_record(line_no, text, f"not an IP address: {exc}"))
+            out.append(error_record(line_no, text, f"not an IP address: {exc}"))
             continue
         record: dict[str, Any] = {"line": line_no, "input": text, "ip": parsed[0]}
         record.update(pipeline.run_parsed(text, parsed))

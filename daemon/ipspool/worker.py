@@ -26,7 +26,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,10 +34,12 @@ from pathlib import Path
 from typing import Any
 
 from ipspool.chunking import Chunk
+from ipspool.clock import SYSTEM_CLOCK, Clock
 from ipspool.config import Config, ConfigError
 from ipspool.exitcodes import ExitCode
 from ipspool.logs import LogTarget, configure_logging, get_logger
-from ipspool.pipeline import Alert, Pipeline, load_pipeline, process_lines, split_lines
+from ipspool.pipeline import Pipeline, error_record, load_pipeline, process_lines, split_lines
+from ipspool.protocol import Alert, Done, Failed, FromWorker, Ready, Refresh, RunChunk, Started, Stop
 from ipspool.spool import printable
 from ipspool.stats import StatsClient
 
@@ -100,8 +101,6 @@ def read_chunk(chunk: Chunk) -> bytes:
 
 def too_long_record(chunk: Chunk, limit: int) -> tuple[bytes, Counter[str]]:
     """The error record for a line we refuse to read, from a short preview."""
-    from ipspool.pipeline import _error_record
-
     fd = os.open(chunk.path, _FILE_FLAGS)
     try:
         preview = os.pread(fd, 64, chunk.start)
@@ -111,7 +110,7 @@ def too_long_record(chunk: Chunk, limit: int) -> tuple[bytes, Counter[str]]:
     length = chunk.end - chunk.start - ends_line  # the line, without its newline
     counts: Counter[str] = Counter(lines=1, invalid=1)
     shown = preview.decode("utf-8", "backslashreplace")
-    return _error_record(chunk.first_line, shown, f"line too long: {length} bytes, limit {limit}"), counts
+    return error_record(chunk.first_line, shown, f"line too long: {length} bytes, limit {limit}"), counts
 
 
 def write_part(path: str, data: bytes, sync: bool = True) -> None:
@@ -146,7 +145,9 @@ class Worker:
         pipeline: Pipeline,
         stats: StatsClient | None,
         parts_dir: str,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.clock = clock
         self.slot = slot
         self.conn = conn
         self.heartbeat = heartbeat
@@ -165,7 +166,7 @@ class Worker:
         self.lines_done = 0
         self.current = ""
         self._published = 0.0
-        self._refreshed = time.monotonic()
+        self._refreshed = clock.monotonic()
         self.log_reopen: tuple[LogTarget, threading.Event] | None = None
         # Pool thread id -> when it last made progress, while it runs a batch.
         self.progress: dict[int, float] = {}
@@ -180,22 +181,32 @@ class Worker:
         even while the other threads keep finishing batches; otherwise a steady
         flow of other files would keep its chunk from ever being noticed.
         """
-        now = time.monotonic()
+        now = self.clock.monotonic()
         with self.progress_lock:
             self.heartbeat.value = min(self.progress.values(), default=now)
 
-    def send(self, message: tuple[Any, ...]) -> None:
-        with self.send_lock:
-            self.conn.send(message)
+    def send(self, message: FromWorker) -> None:
+        try:
+            with self.send_lock:
+                self.conn.send(message)
+        except OSError:
+            # The supervisor is gone (its end of the pipe closed): nobody
+            # wants our results, and a part written now would outlive the
+            # next supervisor's recovery.
+            self.orphaned("supervisor pipe closed while reporting")
+
+    def orphaned(self, reason: str) -> None:
+        self.log.warning("worker.orphaned", reason=reason)
+        os._exit(0)
 
     def publish(self, force: bool = False) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self.stats is None or (not force and now - self._published < _PUBLISH_EVERY):
             return
         self._published = now
         self.stats.call("update_worker", os.getpid(), {
             "slot": self.slot, "pid": os.getpid(), "chunks_done": self.chunks_done,
-            "lines_done": self.lines_done, "current": printable(self.current), "heartbeat": time.time(),
+            "lines_done": self.lines_done, "current": printable(self.current), "heartbeat": self.clock.time(),
             "state": "busy" if self.current or self.running else "idle",
         })
 
@@ -207,17 +218,17 @@ class Worker:
         try:
             write_part(part, data, chunk.sync)
         except ChunkFailed as exc:
-            self.send(("failed", chunk.key, exc.reason, exc.detail, exc.retry))
+            self.send(Failed(chunk.key, exc.reason, exc.detail, exc.retry))
             return
         self.chunks_done += 1
         self.lines_done += counts["lines"]
-        self.send(("done", chunk.key, part, dict(counts), (alerts or [])[:self.pipeline.alert_cap]))
+        self.send(Done(chunk.key, part, dict(counts), (alerts or [])[:self.pipeline.alert_cap], self.slot))
 
     # -- the loop ---------------------------------------------------------
 
     def run(self) -> None:
         self.beat()
-        self.send(("ready", os.getpid()))
+        self.send(Ready(os.getpid()))
         self.log.info("worker.started", threads=self.config.workers.threads, inline=self.pool is None,
                       stages=list(self.pipeline.names))
         while True:
@@ -230,15 +241,15 @@ class Worker:
             try:
                 message = self.conn.recv()
             except (EOFError, OSError):
-                self.log.warning("worker.orphaned", reason="supervisor pipe closed")
-                os._exit(0)  # the supervisor is gone: nobody wants our results
-            if message[0] == "chunk":
-                self.start(message[1])
-            elif message[0] == "refresh":
-                self.pipeline.refresh()  # a reload that changed only data files
-            elif message[0] == "stop":
-                self.drain()
-                return
+                self.orphaned("supervisor pipe closed")  # the supervisor is gone
+            match message:
+                case RunChunk(chunk):
+                    self.start(chunk)
+                case Refresh():
+                    self.pipeline.refresh()  # a reload that changed only data files
+                case Stop():
+                    self.drain()
+                    return
             self.publish()
             self.maybe_refresh()
 
@@ -248,7 +259,7 @@ class Worker:
             self.log_reopen[0].reopen()
 
     def maybe_refresh(self) -> None:
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if now - self._refreshed >= _REFRESH_EVERY:
             self._refreshed = now
             self.pipeline.refresh()
@@ -258,7 +269,7 @@ class Worker:
         # charged an attempt if we die. Chunks queued behind others in the
         # pool say so only when their first batch runs.
         if self.pool is None or chunk.too_long:
-            self.send(("start", chunk.key))
+            self.send(Started(chunk.key))
         part = self.part_path(chunk)
         self.current = os.path.basename(chunk.path)
         try:
@@ -268,10 +279,10 @@ class Worker:
                 return
             raw = read_chunk(chunk)
         except ChunkFailed as exc:
-            self.send(("failed", chunk.key, exc.reason, exc.detail, exc.retry))
+            self.send(Failed(chunk.key, exc.reason, exc.detail, exc.retry))
             return
         except OSError as exc:
-            self.send(("failed", chunk.key, "unreadable", exc.strerror or str(exc), False))
+            self.send(Failed(chunk.key, "unreadable", exc.strerror or str(exc), False))
             return
         lines = split_lines(raw)
         del raw
@@ -322,12 +333,12 @@ class Worker:
             # Sent under the lock: no sibling batch of this chunk can run (and
             # crash the worker) before the supervisor knows it started.
             if not state.started:
-                self.send(("start", state.chunk.key))
+                self.send(Started(state.chunk.key))
                 state.started = True
         try:
             for at in range(0, len(lines), _PROGRESS_STEP):
                 with self.progress_lock:
-                    self.progress[me] = time.monotonic()
+                    self.progress[me] = self.clock.monotonic()
                 step = lines[at:at + _PROGRESS_STEP]
                 outputs.append(process_lines(step, first + at, self.pipeline, counts, state.alerts[slot]))
         finally:

@@ -1,0 +1,227 @@
+"""Reporting: what the daemon tells the world, and when.
+
+The ``Reporter`` owns the totals (exact, commit-time counts), and from them
+and a ``Picture`` of the loop's state it feeds every audience on its own
+period: the stats Manager (``ipspool status``), the Prometheus textfile,
+the health checks (backlog and disk alerts), systemd's STATUS= line and its
+watchdog. ``StatsLink`` keeps the Manager process running: started through
+the forkserver, restarted when it dies, re-seeded from the totals.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from multiprocessing.context import BaseContext
+from typing import Any
+
+from ipspool.clock import Clock, Periodic
+from ipspool.config import Config
+from ipspool.health import HealthChecks
+from ipspool.jobs import Job
+from ipspool.logs import get_logger
+from ipspool.metrics import Metrics, Snapshot
+from ipspool.notify import Notifier
+from ipspool.stats import StatsClient, StatsManager, start_manager
+
+__all__ = ["Picture", "Reporter", "StatsLink"]
+
+_MANAGER_RETRY = 5.0     # after a failed start
+_MANAGER_RESTART = 1.0   # after a death
+
+
+@dataclass(frozen=True)
+class Picture:
+    """The loop's state at one moment, as the reports show it."""
+
+    state: str                 # starting | running | stopping
+    backlog: int
+    backlog_age: float
+    active: int
+    alive: int
+    generation: int
+    workers: list[dict[str, Any]] = field(default_factory=list)
+
+
+class StatsLink:
+    """The stats Manager process: started, watched, restarted."""
+
+    def __init__(self, ctx: BaseContext, config: Config, authkey: bytes, clock: Clock) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.authkey = authkey
+        self.clock = clock
+        self.log = get_logger()
+        self.manager: StatsManager | None = None
+        self.watch: Connection | None = None
+        self.client: StatsClient | None = None
+        self.restart_at = 0.0
+        self.selector: selectors.BaseSelector | None = None
+        self.on_start: Callable[[], None] = lambda: None
+
+    def start(self, selector: selectors.BaseSelector) -> None:
+        self.selector = selector
+        self.restart_at = 0.0
+        config = self.config
+        try:
+            self.manager, self.watch = start_manager(
+                self.ctx, config.runtime_dir, self.authkey, config.log.level,
+                f"ipspool: stats {config.spool_dir}", log_file=config.log.file,
+            )
+        except (OSError, EOFError) as exc:
+            self.log.error("stats.start_failed", error=str(exc))
+            self.restart_at = self.clock.monotonic() + _MANAGER_RETRY
+            return
+        process = self.manager._process  # type: ignore[attr-defined]
+        selector.register(process.sentinel, selectors.EVENT_READ, self.on_exit)
+        self.client = StatsClient(config.runtime_dir, self.authkey)
+        self.on_start()
+        self.log.info("stats.started", socket=self.client.address, stats_pid=process.pid)
+
+    def on_exit(self, sentinel: object) -> None:
+        assert self.selector is not None
+        self.selector.unregister(sentinel)  # type: ignore[arg-type]
+        if self.watch is not None:
+            self.watch.close()
+        self.manager = None
+        self.client = None
+        self.log.error("stats.died", note="processing goes on; counters are re-seeded when it is back")
+        self.restart_at = self.clock.monotonic() + _MANAGER_RESTART
+
+    def tick(self, now: float) -> None:
+        if self.restart_at and now >= self.restart_at and self.selector is not None:
+            self.start(self.selector)
+
+    def call(self, method: str, *args: Any) -> Any:
+        return self.client.call(method, *args) if self.client is not None else None
+
+    def close(self) -> None:
+        if self.manager is not None:
+            if self.watch is not None:
+                self.watch.close()
+            self.manager.shutdown()
+
+
+class Reporter:
+    def __init__(self, config: Config, config_path: str | None, clock: Clock, notifier: Notifier,
+                 stats: StatsLink, watchdog_every: float | None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.clock = clock
+        self.notifier = notifier
+        self.stats = stats
+        self.watchdog_every = watchdog_every
+        self.log = get_logger()
+        self.periodic = Periodic(clock)
+        self.totals: Counter[str] = Counter()
+        self.started_at = clock.time()
+        self.rate_window: deque[tuple[float, int]] = deque(maxlen=20)
+        self.dirty = False  # totals changed since the last publish
+        self.health = HealthChecks(config.alerts, config.results_dir)
+        self.metrics = Metrics(config.metrics.textfile) if config.metrics.textfile else None
+        self.metrics_failing = False
+
+    def reconfigure(self, new: Config) -> None:
+        if new.metrics.textfile != self.config.metrics.textfile:
+            if self.metrics:
+                self.write_metrics(None, up=False)  # the old file must not say "up" forever
+            self.metrics = Metrics(new.metrics.textfile) if new.metrics.textfile else None
+        self.health.alerts = new.alerts
+        self.config = new
+
+    # -- events -----------------------------------------------------------------
+
+    def file_done(self, job: Job, result: str) -> None:
+        now = self.clock.monotonic()
+        self.totals.update(job.counts)
+        self.totals["files_done"] += 1
+        self.totals["bytes"] += job.claimed.size
+        if self.metrics:
+            self.metrics.observe_file(now - job.started)
+        unlogged = job.counts["listed_alerts"] - job.alerts_logged
+        if unlogged > 0:
+            self.log.warning("ip.listed.suppressed", file=job.claimed.name, suppressed=unlogged,
+                             logged=job.alerts_logged, limit=self.config.alerts.listed_per_file)
+        self.log.info(
+            "file.done", file=job.claimed.name, job=job.claimed.job_name, result=result,
+            lines=job.counts["lines"], valid=job.counts["valid"], invalid=job.counts["invalid"],
+            stage_errors=job.counts["stage_errors"], chunks=job.total,
+            duration=round(now - job.started, 4),
+        )
+        self.rate_window.append((now, self.totals["files_done"]))
+        self.dirty = True
+
+    # -- the periods --------------------------------------------------------------
+
+    def tick(self, now: float, picture: Callable[[], Picture], healthy: bool) -> None:
+        due = self.periodic.due
+        if (self.dirty and due("publish_soon", 0.2)) or due("publish", 1.0):
+            self.publish(picture())
+        if due("health", 5.0):
+            p = picture()
+            self.health.backlog(now, p.backlog, p.backlog_age)
+            self.health.disk(now)
+        if self.metrics and due("metrics", self.config.metrics.interval):
+            self.write_metrics(picture())
+        if due("status", 2.0):
+            self.notifier.status(self.status_line(picture()))
+        if self.watchdog_every and healthy and due("watchdog", self.watchdog_every):
+            self.notifier.watchdog()
+
+    # -- the audiences ------------------------------------------------------------
+
+    def summary(self) -> dict[str, int]:
+        return {k: self.totals[k] for k in ("files_done", "files_failed", "lines", "valid", "invalid")}
+
+    def files_per_second(self) -> float:
+        if len(self.rate_window) < 2:
+            return 0.0
+        (t0, n0), (t1, n1) = self.rate_window[0], self.rate_window[-1]
+        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+
+    def status_line(self, p: Picture) -> str:
+        state = "stopping" if p.state == "stopping" else "running"
+        return (f"{state}: {p.alive}/{self.config.process_count} workers, backlog {p.backlog}, "
+                f"{self.files_per_second():.1f} files/s, {self.totals['files_done']} done, "
+                f"{self.totals['files_failed']} failed")
+
+    def publish(self, p: Picture) -> None:
+        if self.stats.client is None:
+            return
+        self.dirty = False
+        config = self.config
+        self.stats.call("set_totals", dict(self.totals))
+        self.stats.call("set_daemon", {
+            "pid": os.getpid(), "state": p.state,
+            "started": self.started_at, "spool": str(config.spool_dir), "config": self.config_path,
+            "generation": p.generation, "processes": config.process_count,
+            "threads": config.workers.threads, "backlog": p.backlog, "backlog_age": round(p.backlog_age, 3),
+            "active": p.active, "files_per_second": round(self.files_per_second(), 2),
+            "worker_table": p.workers,
+        })
+
+    def publish_reload(self, ok: bool, problems: list[str], generation: int) -> None:
+        self.stats.call("set_daemon", {"last_reload": {
+            "ok": ok, "problems": problems, "time": self.clock.time(), "generation": generation,
+        }})
+
+    def write_metrics(self, p: Picture | None, up: bool | None = None) -> None:
+        assert self.metrics is not None
+        snapshot = Snapshot(
+            totals=dict(self.totals), backlog_files=p.backlog if p else 0, backlog_age=p.backlog_age if p else 0.0,
+            workers_alive=p.alive if p else 0, workers_configured=self.config.process_count,
+            active_files=p.active if p else 0,
+            up=(p is not None and p.state != "stopping") if up is None else up,
+        )
+        try:
+            self.metrics.write(snapshot)
+        except OSError as exc:
+            if not self.metrics_failing:
+                self.log.error("metrics.write_failed", path=self.metrics.path, error=str(exc))
+            self.metrics_failing = True
+        else:
+            self.metrics_failing = False
