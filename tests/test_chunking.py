@@ -86,3 +86,24 @@ def test_small_file_is_one_chunk_without_reading() -> None:
     finally:
         os.close(r)
     assert [(p.start, p.end, p.first_line) for p in parts] == [(0, 100, 1)]
+
+
+def test_a_long_line_is_scanned_in_bounded_steps_between_which_the_loop_turns(tmp_path: Path) -> None:
+    """A 40 MiB line crossing a boundary: 'not yet' after each SCAN_STEP, same chunks as split_file."""
+    from ipspool.chunking import SCAN_STEP, split_steps
+
+    path = tmp_path / "long"
+    path.write_bytes(b"1.2.3.4\n" * 1000 + b"x" * (40 << 20) + b"\n5.6.7.8\n")
+    size = path.stat().st_size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        steps = list(split_steps(fd, size, 4096, 4096))
+        whole = list(split_file(fd, size, 4096, 4096))
+    finally:
+        os.close(fd)
+    pauses = steps.count(None)
+    # The scan starts inside the line, up to one chunk past its start.
+    assert (40 << 20) // SCAN_STEP - 1 <= pauses <= (40 << 20) // SCAN_STEP
+    assert [c for c in steps if c is not None] == whole
+    long_chunk = next(c for c in whole if c.too_long)
+    assert long_chunk.end - long_chunk.start == (40 << 20) + 1

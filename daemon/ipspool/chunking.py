@@ -9,6 +9,11 @@ A line too long to be worth reading (longer than ``max_line_bytes``) that
 crosses a chunk boundary becomes a chunk of its own marked ``too_long``; the
 worker writes its error record without reading it. Shorter over-long lines
 inside a chunk are caught by the line parser, and cannot exceed the chunk.
+
+Finding the end of such a line may mean scanning hundreds of megabytes.
+``split_steps`` does that in pieces of ``SCAN_STEP`` bytes, yielding None
+("not yet") between them, so the supervisor's loop keeps turning while a
+cold disk is read; ``split_file`` is the same without the pauses.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["Chunk", "count_newlines", "split_file"]
+__all__ = ["SCAN_STEP", "Chunk", "count_newlines", "split_file", "split_steps"]
 
 _READ_BLOCK = 1 << 20
+SCAN_STEP = 8 << 20  # bytes of an over-long line scanned between two "not yet"s
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +98,36 @@ def split_file(
     Every line of the file belongs to exactly one chunk (a property test
     checks this for arbitrary bytes and chunk sizes).
     """
+    steps = split_steps(fd, size, chunk_bytes, max_line_bytes, job=job, path=path, dev=dev, ino=ino)
+    return (chunk for chunk in steps if chunk is not None)
+
+
+def _end_of_line(fd: int, start: int, size: int) -> Iterator[int | None]:
+    """None after each SCAN_STEP bytes without a newline, then the offset after the line."""
+    pos = start
+    while pos < size:
+        newline = _find_newline(fd, pos, SCAN_STEP, size)
+        if newline >= 0:
+            yield newline + 1
+            return
+        pos += SCAN_STEP
+        if pos < size:
+            yield None
+    yield size
+
+
+def split_steps(
+    fd: int,
+    size: int,
+    chunk_bytes: int,
+    max_line_bytes: int,
+    *,
+    job: int = 0,
+    path: str = "",
+    dev: int = 0,
+    ino: int = 0,
+) -> Iterator[Chunk | None]:
+    """``split_file``, yielding None between bounded pieces of a long scan."""
     index = 0
     pos = 0
     line = 1
@@ -125,8 +161,11 @@ def split_file(
         if line_start > pos:
             yield make(pos, line_start, line)
             line += lines_before
-        newline = _find_newline(fd, nominal, size - nominal, size)
-        end = newline + 1 if newline >= 0 else size
-        yield make(line_start, end, line, too_long=True)
+        line_end: int | None = None
+        for line_end in _end_of_line(fd, nominal, size):
+            if line_end is None:
+                yield None
+        assert line_end is not None
+        yield make(line_start, line_end, line, too_long=True)
         line += 1
-        pos = end
+        pos = line_end

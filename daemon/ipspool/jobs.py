@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ipspool.chunking import Chunk, split_file
+from ipspool.chunking import Chunk, split_steps
 from ipspool.clock import Clock
 from ipspool.config import Config
 from ipspool.executor import Executor
@@ -55,7 +55,7 @@ class Assembly:
 class Job:
     seq: int
     claimed: Claimed
-    chunks: Iterator[Chunk] | None
+    chunks: Iterator[Chunk | None] | None
     fd: int | None
     started: float
     state: JobState = JobState.SPLITTING
@@ -109,6 +109,7 @@ class JobBook:
         self.isolated: deque[Chunk] = deque()   # lost while running: retried alone
         self.delayed: list[tuple[float, Chunk]] = []  # waiting out a disk outage
         self.attempts: Counter[ChunkKey] = Counter()
+        self.scanning = False  # a splitter paused inside a long scan: the loop should not wait
 
     # -- opening ----------------------------------------------------------------
 
@@ -124,7 +125,7 @@ class JobBook:
                               InputRejected("unreadable", f"cannot open: {exc.strerror}"))
                 return None
         self.seq += 1
-        chunks = split_file(
+        chunks = split_steps(
             fd if fd is not None else -1, claimed.size, chunk_bytes, self.config.spool.max_line_bytes,
             job=self.seq, path=claimed.path, dev=claimed.dev, ino=claimed.ino,
         )
@@ -172,6 +173,7 @@ class JobBook:
             retry = self.requeued.popleft()
             if self.live(retry):
                 return retry
+        self.scanning = False
         for job in list(self.jobs.values()):
             if job.chunks is not None and not job.failed:
                 more = self.split_next(job)
@@ -198,6 +200,9 @@ class JobBook:
             return None
         except OSError as exc:
             self.fail_job(job, "unreadable", f"read error while splitting: {exc.strerror}")
+            return None
+        if chunk is None:  # in the middle of a long scan: other work first, more next turn
+            self.scanning = True
             return None
         job.produced += 1
         if chunk.end >= job.claimed.size:

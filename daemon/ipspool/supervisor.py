@@ -201,7 +201,7 @@ class Supervisor:
         self.check_stopped()
 
     def timeout(self) -> float:
-        return 0 if self.signals or self.committer.due() else _TICK
+        return 0 if self.signals or self.committer.due() or self.book.scanning else _TICK
 
     def wake(self) -> None:
         """Wake the loop from another thread (the assembler)."""
