@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["SCAN_STEP", "Chunk", "count_newlines", "split_file", "split_steps"]
 
@@ -82,24 +83,14 @@ def _find_newline(fd: int, start: int, limit: int, size: int) -> int:
     return -1
 
 
-def split_file(
-    fd: int,
-    size: int,
-    chunk_bytes: int,
-    max_line_bytes: int,
-    *,
-    job: int = 0,
-    path: str = "",
-    dev: int = 0,
-    ino: int = 0,
-) -> Iterator[Chunk]:
+def split_file(fd: int, size: int, chunk_bytes: int, max_line_bytes: int, **where: Any) -> Iterator[Chunk]:
     """Yield the chunks of an open file of ``size`` bytes, in order.
 
     Every line of the file belongs to exactly one chunk (a property test
-    checks this for arbitrary bytes and chunk sizes).
+    checks this for arbitrary bytes and chunk sizes). ``where``: the
+    keyword arguments of ``split_steps`` saying which file it is.
     """
-    steps = split_steps(fd, size, chunk_bytes, max_line_bytes, job=job, path=path, dev=dev, ino=ino)
-    return (chunk for chunk in steps if chunk is not None)
+    return (chunk for chunk in split_steps(fd, size, chunk_bytes, max_line_bytes, **where) if chunk is not None)
 
 
 def _end_of_line(fd: int, start: int, size: int) -> Iterator[int | None]:
