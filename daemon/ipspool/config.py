@@ -62,6 +62,10 @@ class SpoolConfig(_Section):
     rescan_interval: PositiveFloat = Field(
         10.0, description="Seconds between scans of incoming/ (inotify can drop events)."
     )
+    max_output_ratio: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        64, description="A chunk whose records outgrow this many times its input (+64 KiB) fails its file "
+                        "as result_too_large."
+    )
     producer_group: str = Field(
         "", description="Group given write access to incoming/ and tmp/; empty: the daemon's own."
     )

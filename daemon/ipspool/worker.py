@@ -21,7 +21,6 @@ its pipe reports end-of-file, which is how it notices a dead supervisor.
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import sys
@@ -38,29 +37,19 @@ from ipspool.clock import SYSTEM_CLOCK, Clock
 from ipspool.config import Config, ConfigError
 from ipspool.exitcodes import ExitCode
 from ipspool.logs import LogTarget, configure_logging, get_logger
-from ipspool.pipeline import Pipeline, error_record, load_pipeline, process_lines, split_lines
+from ipspool.parts import ChunkFailed, PartWriter, read_chunk, too_long_record, write_part
+from ipspool.pipeline import Pipeline, load_pipeline, process_lines, split_lines
 from ipspool.protocol import Alert, Done, Failed, FromWorker, Ready, Refresh, RunChunk, Started, Stop
 from ipspool.spool import printable
 from ipspool.stats import StatsClient
 
-__all__ = ["ChunkFailed", "worker_main"]
+__all__ = ["Worker", "worker_main"]
 
 _INLINE_BATCH = 2048        # lines between heartbeats on the inline path
 _MAX_POOL_BATCH = 256       # lines per thread-pool task
 _PROGRESS_STEP = 8          # lines a pool thread processes between progress marks
 _PUBLISH_EVERY = 0.25       # seconds between worker-table updates (one Manager round trip each)
 _REFRESH_EVERY = 5.0        # seconds between stage refresh() calls
-_FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_PART_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-@dataclass(frozen=True)
-class ChunkFailed(Exception):
-    """The chunk cannot be processed for a reason of its file (or disk)."""
-
-    reason: str
-    detail: str
-    retry: bool = False
 
 
 @dataclass
@@ -68,71 +57,25 @@ class _Running:
     """A chunk whose batches are on the thread pool."""
 
     chunk: Chunk
-    part: str
-    outputs: list[bytes]
+    writer: PartWriter
     alerts: list[list[Alert]]
     counts: Counter[str] = field(default_factory=Counter)
     remaining: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     started: bool = False  # "start" sent: a batch of it is running
+    outputs: dict[int, bytes] = field(default_factory=dict)  # finished batches not yet written
+    written: int = 0       # batches 0..written-1 are in the part file
+    failure: ChunkFailed | None = None
 
-
-def read_chunk(chunk: Chunk) -> bytes:
-    """The chunk's bytes, from the file the supervisor claimed and checked."""
-    try:
-        fd = os.open(chunk.path, _FILE_FLAGS)
-    except FileNotFoundError:
-        raise ChunkFailed("vanished", "the claimed file disappeared from active/") from None
-    except OSError as exc:
-        raise ChunkFailed("unreadable", f"cannot open: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (chunk.dev, chunk.ino):
-            raise ChunkFailed("replaced", "the file in active/ is not the one that was claimed")
-        data = os.pread(fd, chunk.end - chunk.start, chunk.start)
-    except OSError as exc:
-        raise ChunkFailed("unreadable", f"read error: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    if len(data) != chunk.end - chunk.start:
-        raise ChunkFailed("changed", "the file shrank while it was processed (written to incoming/ directly?)")
-    return data
-
-
-def too_long_record(chunk: Chunk, limit: int) -> tuple[bytes, Counter[str]]:
-    """The error record for a line we refuse to read, from a short preview."""
-    fd = os.open(chunk.path, _FILE_FLAGS)
-    try:
-        preview = os.pread(fd, 64, chunk.start)
-        ends_line = os.pread(fd, 1, chunk.end - 1) == b"\n"
-    finally:
-        os.close(fd)
-    length = chunk.end - chunk.start - ends_line  # the line, without its newline
-    counts: Counter[str] = Counter(lines=1, invalid=1)
-    shown = preview.decode("utf-8", "backslashreplace")
-    return error_record(chunk.first_line, shown, f"line too long: {length} bytes, limit {limit}"), counts
-
-
-def write_part(path: str, data: bytes, sync: bool = True) -> None:
-    """Write (and fsync) one part file; ENOSPC/EDQUOT is a retryable failure."""
-    try:
-        fd = os.open(path, _PART_FLAGS, 0o640)
-    except OSError as exc:
-        raise ChunkFailed("results_unwritable", f"cannot create {path}: {exc.strerror}", retry=True) from None
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        if sync:
-            os.fsync(fd)
-    except OSError as exc:
-        os.close(fd)
-        os.unlink(path)
-        retry = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO)
-        raise ChunkFailed("disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "write_error",
-                          f"writing {path}: {exc.strerror}", retry=retry) from None
-    os.close(fd)
+    def write_ready(self) -> None:
+        """Under ``lock``: append the finished batches that come next, in order."""
+        while self.failure is None and self.written in self.outputs:
+            try:
+                self.writer.write(self.outputs.pop(self.written))
+            except ChunkFailed as exc:
+                self.failure = exc
+                self.outputs.clear()
+            self.written += 1
 
 
 class Worker:
@@ -213,16 +156,22 @@ class Worker:
     def part_path(self, chunk: Chunk) -> str:
         return f"{self.parts_dir}/{os.getpid()}.{chunk.job}.{chunk.index}.part"
 
-    def finish(self, chunk: Chunk, part: str, data: bytes, counts: Counter[str],
-               alerts: list[Alert] | None = None) -> None:
+    def finish(self, chunk: Chunk, part: str, data: bytes, counts: Counter[str]) -> None:
+        """A chunk whose whole result is one record (an over-long line)."""
         try:
             write_part(part, data, chunk.sync)
         except ChunkFailed as exc:
             self.send(Failed(chunk.key, exc.reason, exc.detail, exc.retry))
             return
+        self.done(chunk, part, counts, [])
+
+    def done(self, chunk: Chunk, part: str, counts: Counter[str], alerts: list[Alert]) -> None:
         self.chunks_done += 1
         self.lines_done += counts["lines"]
-        self.send(Done(chunk.key, part, dict(counts), (alerts or [])[:self.pipeline.alert_cap], self.slot))
+        self.send(Done(chunk.key, part, dict(counts), alerts[:self.pipeline.alert_cap], self.slot))
+
+    def open_part(self, chunk: Chunk, part: str) -> PartWriter:
+        return PartWriter(part, chunk.end - chunk.start, self.config.spool.max_output_ratio)
 
     # -- the loop ---------------------------------------------------------
 
@@ -278,29 +227,29 @@ class Worker:
                 self.finish(chunk, part, data, counts)
                 return
             raw = read_chunk(chunk)
+            lines = split_lines(raw)
+            del raw
+            if self.pool is None:
+                self.run_inline(chunk, part, lines)
+            else:
+                self.run_pooled(chunk, part, lines)
         except ChunkFailed as exc:
             self.send(Failed(chunk.key, exc.reason, exc.detail, exc.retry))
-            return
         except OSError as exc:
             self.send(Failed(chunk.key, "unreadable", exc.strerror or str(exc), False))
-            return
-        lines = split_lines(raw)
-        del raw
-        if self.pool is None:
-            self.run_inline(chunk, part, lines)
-        else:
-            self.run_pooled(chunk, part, lines)
 
     def run_inline(self, chunk: Chunk, part: str, lines: list[bytes]) -> None:
+        """Batch by batch on this thread, each batch's records written as it is done."""
         counts: Counter[str] = Counter()
         alerts: list[Alert] = []
-        outputs = []
+        writer = self.open_part(chunk, part)
         for at in range(0, len(lines), _INLINE_BATCH):
             batch = lines[at:at + _INLINE_BATCH]
-            outputs.append(process_lines(batch, chunk.first_line + at, self.pipeline, counts, alerts))
+            writer.write(process_lines(batch, chunk.first_line + at, self.pipeline, counts, alerts))
             self.beat()
             self.publish()
-        self.finish(chunk, part, b"".join(outputs), counts, alerts)
+        writer.close(chunk.sync)
+        self.done(chunk, part, counts, alerts)
         self.current = ""
 
     def run_pooled(self, chunk: Chunk, part: str, lines: list[bytes]) -> None:
@@ -315,10 +264,12 @@ class Worker:
         rounds = max(1, -(-len(lines) // (threads * _MAX_POOL_BATCH)))
         size = max(1, -(-len(lines) // (threads * rounds)))
         starts = list(range(0, len(lines), size))
-        state = _Running(chunk, part, [b""] * len(starts), [[] for _ in starts], remaining=len(starts))
+        writer = self.open_part(chunk, part)
         if not starts:
-            self.finish(chunk, part, b"", Counter(lines=0))
+            writer.close(chunk.sync)
+            self.done(chunk, part, Counter(lines=0), [])
             return
+        state = _Running(chunk, writer, [[] for _ in starts], remaining=len(starts))
         with self.running_lock:
             self.running[chunk.key] = state
         for slot, at in enumerate(starts):
@@ -335,8 +286,9 @@ class Worker:
             if not state.started:
                 self.send(Started(state.chunk.key))
                 state.started = True
+            doomed = state.failure is not None
         try:
-            for at in range(0, len(lines), _PROGRESS_STEP):
+            for at in range(0, 0 if doomed else len(lines), _PROGRESS_STEP):
                 with self.progress_lock:
                     self.progress[me] = self.clock.monotonic()
                 step = lines[at:at + _PROGRESS_STEP]
@@ -344,20 +296,32 @@ class Worker:
         finally:
             with self.progress_lock:
                 del self.progress[me]
-        state.outputs[slot] = b"".join(outputs)
         self.beat()
         with state.lock:
+            state.outputs[slot] = b"".join(outputs)
+            state.write_ready()
             state.counts.update(counts)
             state.remaining -= 1
             last = state.remaining == 0
         if last:
-            alerts = [alert for batch in state.alerts for alert in batch]
-            self.finish(state.chunk, state.part, b"".join(state.outputs), state.counts, alerts)
-            with self.running_lock:
-                del self.running[state.chunk.key]
-                if not self.running:
-                    self.current = ""
-                    self.idle.notify_all()
+            self.batches_done(state)
+
+    def batches_done(self, state: _Running) -> None:
+        """The last batch of a chunk finished: close its part and report."""
+        chunk = state.chunk
+        try:
+            if state.failure is not None:
+                raise state.failure
+            state.writer.close(chunk.sync)
+        except ChunkFailed as exc:
+            self.send(Failed(chunk.key, exc.reason, exc.detail, exc.retry))
+        else:
+            self.done(chunk, state.writer.path, state.counts, [a for batch in state.alerts for a in batch])
+        with self.running_lock:
+            del self.running[chunk.key]
+            if not self.running:
+                self.current = ""
+                self.idle.notify_all()
 
     def _check(self, future: Future[None]) -> None:
         # process_lines catches per-address errors; anything reaching here is
