@@ -143,9 +143,9 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_configuration_reference_is_generated_from_the_declarations() -> None:
-    """docs/configuration.md is exactly what `python -m ipspool.configdoc` renders."""
-    from ipspool.configdoc import render
+    """docs/configuration.md is exactly what `python -m ipspool.tools.configdoc` renders."""
+    from ipspool.tools.configdoc import render
 
     assert (REPO / "docs" / "configuration.md").read_text() == render(), (
-        "regenerate with: python -m ipspool.configdoc > docs/configuration.md"
+        "regenerate with: python -m ipspool.tools.configdoc > docs/configuration.md"
     )

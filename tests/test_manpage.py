@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 
 from ipspool.cli import build_parser
-from ipspool.completion import bash_script
 from ipspool.exitcodes import ExitCode
-from ipspool.manpage import render
+from ipspool.tools.completion import bash_script
+from ipspool.tools.manpage import render
 
 WHEN = 1_700_000_000.0
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The parser's subcommands, found independently of ipspool.manpage.describe."""
+    """The parser's subcommands, found independently of ipspool.tools.manpage.describe."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             return dict(action.choices)
@@ -97,15 +97,15 @@ def test_manpage_renders_without_roff_warnings(page: str) -> None:
 
 
 def test_modules_print_the_page_and_the_script() -> None:
-    """`python -m ipspool.manpage` and `python -m ipspool.completion bash` are what the package build runs."""
+    """`python -m ipspool.tools.manpage` and `ipspool.tools.completion bash` are what the package build runs."""
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(int(WHEN))}
-    man = subprocess.run([sys.executable, "-m", "ipspool.manpage"], capture_output=True, text=True, env=env,
+    man = subprocess.run([sys.executable, "-m", "ipspool.tools.manpage"], capture_output=True, text=True, env=env,
                          check=True)
     assert man.stdout == render(build_parser(), when=WHEN)
-    bash = subprocess.run([sys.executable, "-m", "ipspool.completion", "bash"], capture_output=True, text=True,
+    bash = subprocess.run([sys.executable, "-m", "ipspool.tools.completion", "bash"], capture_output=True, text=True,
                           check=True)
     assert bash.stdout == bash_script(build_parser())
-    wrong = subprocess.run([sys.executable, "-m", "ipspool.completion", "fish"], capture_output=True, text=True,
+    wrong = subprocess.run([sys.executable, "-m", "ipspool.tools.completion", "fish"], capture_output=True, text=True,
                            check=False)
     assert wrong.returncode == 2
 

@@ -1,4 +1,4 @@
-"""``make demo`` / ``python -m ipspool.demo``: the whole loop on a demo spool.
+"""``make demo`` / ``python -m ipspool.tools.demo``: the whole loop on a demo spool.
 
 Creates ./demo (a spool, a CIDR list, two small MaxMind DB files built on
 the spot), starts the real daemon, submits a sample file the way a producer

@@ -1,10 +1,11 @@
 """ipspool(8), written in roff from the same argparse parser as ``--help``.
 
-``python -m ipspool.manpage`` prints the page; the Debian package installs it
-as /usr/share/man/man8/ipspool.8.gz. Commands and options come from
-``ipspool.cli.build_parser`` (so a new option cannot be missing from the
+``python -m ipspool.tools.manpage`` prints the page; the Debian package
+installs it as /usr/share/man/man8/ipspool.8.gz. Commands and options come
+from ``ipspool.cli.build_parser`` (so a new option cannot be missing from the
 page), exit codes from ``ipspool.exitcodes``; the prose sections below say
-what the parser cannot. ``describe`` is shared with ``ipspool.completion``.
+what the parser cannot. ``describe`` is shared with
+``ipspool.tools.completion``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """docs/configuration.md, generated from the declarations in config.py.
 
-``python -m ipspool.configdoc > docs/configuration.md``; a test fails when the
-file and the declarations drift apart.
+``python -m ipspool.tools.configdoc > docs/configuration.md``; a test fails
+when the file and the declarations drift apart.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ running on the old one; `spool.dir`, `spool.results_dir` and
 `spool.runtime_dir` only change on restart.
 
 This page is generated from `daemon/ipspool/config.py` by
-`python -m ipspool.configdoc`.
+`python -m ipspool.tools.configdoc`.
 """
 
 
