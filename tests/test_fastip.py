@@ -16,9 +16,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from ipspool import fastip
+from ipspool.address import parse_address
 from ipspool.classify import NETWORKS, classify
 from ipspool.fastip import fast_parse_classify
-from ipspool.pipeline import parse_address
 
 Outcome = tuple[object, ...]
 

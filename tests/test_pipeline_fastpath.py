@@ -12,16 +12,11 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ipspool import fastip
 from ipspool import pipeline as pipeline_module
+from ipspool.address import Address, parse_address
 from ipspool.config import parse_config
-from ipspool.pipeline import (
-    Address,
-    Pipeline,
-    load_pipeline,
-    parse_address,
-    process_chunk,
-    split_lines,
-)
+from ipspool.pipeline import Pipeline, load_pipeline, process_chunk, split_lines
 
 _BOM = b"\xef\xbb\xbf"
 _INPUT_PREVIEW = 200
@@ -235,7 +230,12 @@ def test_classify_only_pipeline_builds_no_address_objects() -> None:
     """With only classify, valid plain addresses never reach parse_address."""
     pipeline = classify_pipeline()
     assert pipeline.parsed_only
-    with mock.patch.object(pipeline_module, "parse_address", side_effect=AssertionError):
+    # Both modules that call parse_address: the pipeline (for user stages)
+    # and the fast parser's fallback.
+    with (
+        mock.patch.object(pipeline_module, "parse_address", side_effect=AssertionError),
+        mock.patch.object(fastip, "parse_address", side_effect=AssertionError),
+    ):
         _, counts = process_chunk(b"1.2.3.4\n::1\n::ffff:1.2.3.4\n2001:db8::1\n", 1, pipeline)
     assert counts["valid"] == 4
 
