@@ -112,10 +112,10 @@ def test_spool_override_wins() -> None:
     ("spec", "message"),
     [
         ("nosuchmodule_xyz:f", "cannot import module 'nosuchmodule_xyz'"),
-        ("stagelib:missing", "has no attribute 'missing'"),
-        ("stagelib:not_callable", "not a callable"),
-        ("stagelib:holder.method", "cannot be sent to worker processes"),
-        ("stagelib:closure", "cannot be sent to worker processes"),
+        ("tests.support.stagelib:missing", "has no attribute 'missing'"),
+        ("tests.support.stagelib:not_callable", "not a callable"),
+        ("tests.support.stagelib:holder.method", "cannot be sent to worker processes"),
+        ("tests.support.stagelib:closure", "cannot be sent to worker processes"),
         ("nocolon", "expected a built-in name"),
     ],
 )
@@ -136,7 +136,7 @@ def test_check_config_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["check-config", "--config", str(good)]) == ExitCode.OK
     assert "OK" in capsys.readouterr().out
     bad = tmp_path / "bad.toml"
-    bad.write_text('[workers]\nthreads = -1\n[pipeline]\nstages = ["stagelib:holder.method"]\n')
+    bad.write_text('[workers]\nthreads = -1\n[pipeline]\nstages = ["tests.support.stagelib:holder.method"]\n')
     assert main(["check-config", "--config", str(bad)]) == ExitCode.CONFIG_ERROR
     err = capsys.readouterr().err
     assert "workers.threads" in err

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from conftest import wait_for, write_toml
+from tests.support.daemon import wait_for, write_toml
 
 
 def _alive(pid: int) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, wait_for
+from tests.support.daemon import Daemon, wait_for
 
 
 def addresses(n: int, seed: int = 1) -> list[str]:
@@ -84,7 +84,8 @@ def test_burst_of_two_thousand_small_files(make_daemon: Callable[..., Daemon]) -
 
 def test_term_mid_work_then_restart_loses_and_duplicates_nothing(make_daemon: Callable[..., Daemon]) -> None:
     """TERM while busy stops cleanly; the next start completes every file exactly once."""
-    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 8}, pipeline={"stages": ["classify", "stagelib:slow"]})
+    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 8},
+                    pipeline={"stages": ["classify", "tests.support.stagelib:slow"]})
     d.start()
     inputs = {f"f{i:02d}.txt": addresses(40 + i * 7, seed=i) for i in range(30)}
     for name, lines in inputs.items():
@@ -107,7 +108,8 @@ def test_term_mid_work_then_restart_loses_and_duplicates_nothing(make_daemon: Ca
 
 def test_worker_killed_mid_chunk_loses_nothing(make_daemon: Callable[..., Daemon]) -> None:
     """kill -9 of a busy worker: it is replaced and the file still completes correctly."""
-    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 4}, pipeline={"stages": ["classify", "stagelib:slow"]})
+    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 4},
+                    pipeline={"stages": ["classify", "tests.support.stagelib:slow"]})
     d.start()
     lines = addresses(600)
     d.drop("victim.txt", "\n".join(lines) + "\n")
@@ -132,11 +134,11 @@ def test_worker_killed_mid_chunk_loses_nothing(make_daemon: Callable[..., Daemon
 
 def test_stage_that_raises_marks_records_and_the_file_goes_on(make_daemon: Callable[..., Daemon]) -> None:
     """A user stage raising on some addresses yields stage_errors on those records only."""
-    d = make_daemon(pipeline={"stages": ["classify", "stagelib:boom"]})
+    d = make_daemon(pipeline={"stages": ["classify", "tests.support.stagelib:boom"]})
     d.start()
     d.drop("mixed.txt", "1.1.1.13\n1.1.1.14\n")
     records = d.wait_result("mixed.txt")
-    assert records[0]["stage_errors"] == {"stagelib:boom": "ValueError: unlucky address"}
+    assert records[0]["stage_errors"] == {"tests.support.stagelib:boom": "ValueError: unlucky address"}
     assert records[1]["ok"] is True
     done = d.wait_event("file.done")
     assert done["stage_errors"] == 1
@@ -169,7 +171,7 @@ def test_hup_applies_a_good_config_and_refuses_a_bad_one(make_daemon: Callable[.
     d = make_daemon()
     d.start()
     old_workers = set(d.worker_pids())
-    d.write_config(pipeline={"stages": ["classify", "stagelib:tag"]})
+    d.write_config(pipeline={"stages": ["classify", "tests.support.stagelib:tag"]})
     d.signal(signal.SIGHUP)
     d.wait_event("config.reloaded")
     wait_for(lambda: not old_workers & set(d.worker_pids()), what="old workers gone")
@@ -238,7 +240,8 @@ def test_stop_signals_exit_zero(make_daemon: Callable[..., Daemon], signum: int)
 
 def test_large_file_parts_are_joined_while_it_is_processed(make_daemon: Callable[..., Daemon]) -> None:
     """A multi-chunk file's parts are appended in order as they arrive (and removed), not all at the end."""
-    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 4}, pipeline={"stages": ["classify", "stagelib:sleepy"]})
+    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 4},
+                    pipeline={"stages": ["classify", "tests.support.stagelib:sleepy"]})
     d.start()
     lines = addresses(3000)
     d.drop("growing.txt", "\n".join(lines) + "\n")
@@ -272,7 +275,8 @@ def test_log_writes_failing_do_not_stop_processing(make_daemon: Callable[..., Da
 
 def test_hup_during_a_stop_is_ignored(make_daemon: Callable[..., Daemon]) -> None:
     """A reload signal that arrives while the daemon drains starts no new workers."""
-    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 2}, pipeline={"stages": ["classify", "stagelib:sleepy"]})
+    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 2},
+                    pipeline={"stages": ["classify", "tests.support.stagelib:sleepy"]})
     d.start()
     d.drop("long.txt", "\n".join(addresses(1500)) + "\n")
     d.wait_event("chunk.done")
@@ -288,7 +292,8 @@ def test_hup_during_a_stop_is_ignored(make_daemon: Callable[..., Daemon]) -> Non
 
 def test_status_json_shows_a_non_utf8_name_in_progress(make_daemon: Callable[..., Daemon]) -> None:
     """`status --json` works while a file whose name is not UTF-8 is being processed (shown as \\xNN)."""
-    d = make_daemon(workers={"threads": 2}, pipeline={"stages": ["classify", "stagelib:sleepy"]})
+    d = make_daemon(workers={"threads": 2},
+                    pipeline={"stages": ["classify", "tests.support.stagelib:sleepy"]})
     d.start()
     body = ("\n".join(addresses(1200)) + "\n").encode()
     tmp = d.spool / "tmp" / "x"

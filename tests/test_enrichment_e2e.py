@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, wait_for
-from dns_server import DNSMASQ_MISSING, Dnsmasq, dnsmasq_binary
-from test_stage_geoip import asn_db, country_db
+from tests.support.daemon import Daemon, wait_for
+from tests.support.dns_server import DNSMASQ_MISSING, Dnsmasq, dnsmasq_binary
+from tests.support.geodb import asn_db, country_db
 
 
 @pytest.fixture

@@ -20,9 +20,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, wait_for
 from ipspool.spool import Spool
-from spoolcheck import audit, crash_supervisor, mixed_inputs, mixed_lines, records_of, start_under, wait_ready
+from tests.support.daemon import Daemon, wait_for
+from tests.support.spoolcheck import (
+    audit,
+    crash_supervisor,
+    mixed_inputs,
+    mixed_lines,
+    records_of,
+    start_under,
+    wait_ready,
+)
 
 
 def drop_all(d: Daemon, inputs: dict[str, list[str]]) -> None:
@@ -44,7 +52,7 @@ def test_random_kill_9_of_workers_manager_and_supervisor_loses_and_duplicates_no
     rng = random.Random(4)
     d = make_daemon(
         workers={"chunk_bytes": 4096, "threads": 8, "max_attempts": 10},
-        pipeline={"stages": ["classify", "stagelib:sleepy"]},
+        pipeline={"stages": ["classify", "tests.support.stagelib:sleepy"]},
     )
     inputs = mixed_inputs(100, big_lines=1500)
     d.start()
@@ -76,7 +84,7 @@ def test_random_kill_9_of_workers_manager_and_supervisor_loses_and_duplicates_no
 
 def test_manager_killed_processing_goes_on_and_counters_are_exact_again(make_daemon: Callable[..., Daemon]) -> None:
     """The Manager dies: stats.died is logged, files keep completing, it returns with exact totals."""
-    d = make_daemon(workers={"threads": 8}, pipeline={"stages": ["classify", "stagelib:sleepy"]})
+    d = make_daemon(workers={"threads": 8}, pipeline={"stages": ["classify", "tests.support.stagelib:sleepy"]})
     d.start()
     inputs = {f"m{i:02d}.txt": mixed_lines(40 + i, seed=i) for i in range(30)}
     (manager,) = d.pids_titled("ipspool: stats")
@@ -184,7 +192,7 @@ def test_stage_hanging_forever_is_poison_while_other_files_keep_flowing(make_dae
     """A stage that never returns: heartbeat stale, worker replaced, poison after max_attempts; others flow."""
     d = make_daemon(
         workers={"heartbeat_timeout": 2.0, "max_attempts": 2, "threads": 4},
-        pipeline={"stages": ["classify", "stagelib:hang"]},
+        pipeline={"stages": ["classify", "tests.support.stagelib:hang"]},
     )
     d.start()
     d.drop("hang.txt", "1.1.1.1\n6.6.6.6\n2.2.2.2\n")
@@ -211,7 +219,7 @@ def test_stage_hanging_forever_is_poison_while_other_files_keep_flowing(make_dae
 
 def test_stage_that_aborts_is_poison_without_a_fork_loop(make_daemon: Callable[..., Daemon]) -> None:
     """os.abort() in a stage: workers die and are replaced with back-off; the file is poison, others complete."""
-    d = make_daemon(workers={"max_attempts": 3}, pipeline={"stages": ["classify", "stagelib:crash"]})
+    d = make_daemon(workers={"max_attempts": 3}, pipeline={"stages": ["classify", "tests.support.stagelib:crash"]})
     d.start()
     d.drop("abort.txt", "1.1.1.1\n6.6.6.6\n")
     failure = d.wait_failed("abort.txt")
@@ -237,7 +245,7 @@ def test_stage_that_aborts_is_poison_without_a_fork_loop(make_daemon: Callable[.
 
 def test_workers_that_cannot_start_halt_the_daemon_with_exit_3(make_daemon: Callable[..., Daemon]) -> None:
     """A stage that loads in the supervisor but not in workers: daemon.halt, exit code 3, no fork loop."""
-    d = make_daemon(pipeline={"stages": ["classify", "workerboot:stage"]})
+    d = make_daemon(pipeline={"stages": ["classify", "tests.support.workerboot:stage"]})
     d.start(wait_ready=False)
     assert d.proc is not None
     assert d.proc.wait(30) == 3

@@ -24,10 +24,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import REPO, Daemon, wait_for, write_toml
 from ipspool.config import Config, ConfigError, parse_config
 from ipspool.pipeline import load_pipeline, process_chunk, split_lines
-from spoolcheck import python_for, records_of, start_under, vm_hwm_kib, wait_ready
+from tests.support.daemon import REPO, Daemon, wait_for, write_toml
+from tests.support.spoolcheck import python_for, records_of, start_under, vm_hwm_kib, wait_ready
 
 # -- lines ----------------------------------------------------------------------
 
@@ -99,7 +99,7 @@ def test_fifty_megabyte_line_is_one_error_record_in_bounded_memory(make_daemon: 
 @given(st.binary(max_size=2000), st.integers(min_value=1, max_value=10**6), st.sampled_from([8, 64, 4096]))
 def test_parser_never_raises_and_accounts_for_every_line(data: bytes, first: int, max_line: int) -> None:
     """process_chunk on arbitrary bytes: no exception; records + skipped == lines, numbered in order."""
-    config = parse_config({"pipeline": {"stages": ["classify", "stagelib:boom"]},
+    config = parse_config({"pipeline": {"stages": ["classify", "tests.support.stagelib:boom"]},
                            "spool": {"max_line_bytes": max_line}})
     out, counts = process_chunk(data, first, load_pipeline(config))
     records = [json.loads(line) for line in out.splitlines()]
@@ -151,7 +151,7 @@ def test_file_written_in_place_slowly_is_read_only_when_closed(make_daemon: Call
 
 def test_file_written_to_after_its_claim_is_failed_as_changed(make_daemon: Callable[..., Daemon]) -> None:
     """A producer that pauses, is claimed, then writes more: no partial result, failed/ with reason changed."""
-    d = make_daemon(workers={"threads": 2}, pipeline={"stages": ["classify", "stagelib:slow"]})
+    d = make_daemon(workers={"threads": 2}, pipeline={"stages": ["classify", "tests.support.stagelib:slow"]})
     d.start()
     with open(d.spool / "incoming" / "paused.txt", "w") as handle:
         handle.write("".join(f"10.1.{i // 250}.{i % 250}\n" for i in range(300)))
@@ -199,7 +199,7 @@ def test_dotfiles_in_incoming_are_left_alone(daemon: Daemon) -> None:
 
 def test_same_name_twice_while_the_first_is_in_flight(make_daemon: Callable[..., Daemon]) -> None:
     """A second file with the name of one still in active/ gets NAME.1: two results, nothing overwritten."""
-    d = make_daemon(pipeline={"stages": ["classify", "stagelib:slow"]})
+    d = make_daemon(pipeline={"stages": ["classify", "tests.support.stagelib:slow"]})
     d.start()
     d.drop("twice.txt", "".join(f"10.3.0.{i}\n" for i in range(100)))
     d.wait_event("file.claimed", where=lambda e: e["file"] == "twice.txt")
@@ -355,7 +355,7 @@ def test_negative_counts_are_refused(section: str, key: str) -> None:
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.run([sys.executable, "-m", "ipspool", *args], capture_output=True, text=True, timeout=60,
                           env=env)
 

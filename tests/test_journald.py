@@ -11,7 +11,7 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import REPO, wait_for, write_toml
+from tests.support.daemon import REPO, wait_for, write_toml
 
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 _LINE = re.compile(rb"^<(\d)>(\{.*\})$")
@@ -29,7 +29,7 @@ def _run_on_pipe(tmp_path: Path, journal_stream: bool) -> list[bytes]:
     write_toml(config, settings)
     read_end, write_end = os.pipe()
     st = os.fstat(write_end)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("JOURNAL_STREAM", None)
     if journal_stream:
         env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino}"

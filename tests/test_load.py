@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Daemon, wait_for
-from spoolcheck import vm_hwm_kib
+from tests.support.daemon import Daemon, wait_for
+from tests.support.spoolcheck import vm_hwm_kib
 
 BACKLOG = int(os.environ.get("IPSPOOL_LOAD_BACKLOG", "20000"))
 ARRIVALS = int(os.environ.get("IPSPOOL_LOAD_ARRIVALS", "4000"))

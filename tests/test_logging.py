@@ -10,8 +10,8 @@ import sys
 import threading
 from pathlib import Path
 
-from conftest import REPO, wait_for, write_toml
 from ipspool.logs import configure_logging, get_logger
+from tests.support.daemon import REPO, wait_for, write_toml
 
 
 def test_lines_from_all_processes_never_interleave_under_load(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_lines_from_all_processes_never_interleave_under_load(tmp_path: Path) ->
     })
     proc = subprocess.Popen([sys.executable, "-m", "ipspool", "run", "--config", str(config)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": str(REPO / "tests")})
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
     lines: list[bytes] = []
     assert proc.stdout is not None
     stdout = proc.stdout

@@ -90,15 +90,15 @@ def test_line_too_long_is_an_error_record() -> None:
 
 def test_stage_errors_are_recorded_per_address() -> None:
     """A stage that raises marks that record and the rest go on."""
-    records = run(b"1.1.1.13\n1.1.1.14\n", ["classify", "stagelib:boom"])
-    assert records[0]["stage_errors"] == {"stagelib:boom": "ValueError: unlucky address"}
+    records = run(b"1.1.1.13\n1.1.1.14\n", ["classify", "tests.support.stagelib:boom"])
+    assert records[0]["stage_errors"] == {"tests.support.stagelib:boom": "ValueError: unlucky address"}
     assert records[0]["class"] == "global"
     assert records[1]["ok"] is True and "stage_errors" not in records[1]
 
 
 def test_stage_returning_a_non_mapping_is_a_stage_error() -> None:
     """A stage breaking the contract is reported on the record."""
-    records = run(b"1.1.1.1\n", ["stagelib:bad_return"])
+    records = run(b"1.1.1.1\n", ["tests.support.stagelib:bad_return"])
     assert "expected a mapping" in str(records[0]["stage_errors"])
 
 

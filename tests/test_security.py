@@ -10,8 +10,8 @@ from multiprocessing.context import AuthenticationError
 
 import pytest
 
-from conftest import Daemon
 from ipspool.stats import SOCKET_NAME, StatsManager
+from tests.support.daemon import Daemon
 
 
 def test_spool_content_naming_modules_or_callables_runs_nothing(make_daemon: Callable[..., Daemon]) -> None:
@@ -24,7 +24,7 @@ def test_spool_content_naming_modules_or_callables_runs_nothing(make_daemon: Cal
         "evil.py": code,
         "sitecustomize.py": code,
         "os:system": f"os:system\nstagelib:crash\nsubprocess:run\n{code}",
-        "stagelib:crash": "stagelib:crash\n6.6.6.6\n",
+        "tests.support.stagelib:crash": "tests.support.stagelib:crash\n6.6.6.6\n",
         "ipspool.py": "ipspool.pipeline:load_pipeline\n",
     }
     for name, content in files.items():
@@ -57,7 +57,7 @@ def test_results_dir_that_is_a_symlink_is_refused_at_start(make_daemon: Callable
 
 def test_planted_symlink_at_a_result_name_never_redirects_the_write(make_daemon: Callable[..., Daemon]) -> None:
     """Planted before the claim: the job takes NAME.1; planted during processing: failed/ result_exists."""
-    d = make_daemon(pipeline={"stages": ["classify", "stagelib:slow"]})
+    d = make_daemon(pipeline={"stages": ["classify", "tests.support.stagelib:slow"]})
     d.start()
     victim = d.root / "victim"
     victim.write_text("precious\n")

@@ -18,11 +18,11 @@ import dns.rcode
 import pytest
 from structlog.testing import capture_logs
 
-from dns_server import DNSMASQ_MISSING, Dnsmasq, Responder, dnsmasq_binary, reply
 from ipspool.config import ConfigError, parse_config
 from ipspool.pipeline import load_pipeline
 from ipspool.stages import rdns
 from ipspool.stages.rdns import DnsCache, Nameserver, RdnsStage, build, parse_nameserver
+from tests.support.dns_server import DNSMASQ_MISSING, Dnsmasq, Responder, dnsmasq_binary, reply
 
 RECORDS = (
     "host-record=host10.example.test,192.0.2.10,2001:db8::10",

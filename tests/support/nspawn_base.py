@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from conftest import wait_for
+from tests.support.daemon import wait_for
 
 __all__ = ["NspawnContainer"]
 

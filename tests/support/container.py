@@ -8,11 +8,9 @@ systemd, or its nspawn process is killed by pid.
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from nspawn_base import NspawnContainer
+from tests.support.nspawn_base import NspawnContainer
 
 __all__ = ["Container"]
 

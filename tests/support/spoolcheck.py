@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import REPO, Daemon, wait_for
+from tests.support.daemon import REPO, Daemon, python_path, wait_for
 
 
 def mixed_lines(n: int, seed: int) -> list[str]:
@@ -84,8 +84,7 @@ def audit(d: Daemon, inputs: dict[str, list[str]], allowed_failures: tuple[str, 
 
 def start_under(d: Daemon, prefix: list[str], env: dict[str, str] | None = None, python: str = "") -> None:
     """Like ``Daemon.start(wait_ready=False)``, with a command prefix (strace, setpriv)."""
-    path = os.pathsep.join(filter(None, [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]))
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env or {})}
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path(), **(env or {})}
     d.proc = subprocess.Popen(
         [*prefix, python or sys.executable, "-m", "ipspool", "run", "--config", str(d.config_path)],
         stdout=subprocess.DEVNULL, stderr=open(d.root / "stderr.log", "ab"),  # noqa: SIM115
@@ -143,7 +142,7 @@ def python_for(prefix: list[str]) -> tuple[str, dict[str, str]] | None:
 
     probe = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import ipspool'], check=True)"
     same = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    paths = [*site.getsitepackages(), sysconfig.get_paths()["purelib"], str(REPO / "daemon"), str(REPO / "tests")]
+    paths = [*site.getsitepackages(), sysconfig.get_paths()["purelib"], str(REPO / "daemon"), str(REPO)]
     for python, env in ((sys.executable, {}), (same, {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))})):
         if not os.path.exists(python):
             continue

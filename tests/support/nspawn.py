@@ -26,10 +26,8 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tests"))
-from conftest import wait_for, write_toml  # noqa: E402
-from nspawn_base import NspawnContainer  # noqa: E402
+from tests.support.daemon import REPO, wait_for, write_toml
+from tests.support.nspawn_base import NspawnContainer
 
 __all__ = ["Machine", "boot_ipspool", "require_container", "wait_for"]
 
@@ -185,7 +183,7 @@ def dropin(extra: str = "") -> str:
         f"ExecStart={sys.executable} -m ipspool run --config {CONFIG}",
         "ExecReload=",
         f"ExecReload={sys.executable} -m ipspool reload --config {CONFIG} --pid $MAINPID",
-        f"Environment=PYTHONPATH={REPO / 'tests'}",
+        f"Environment=PYTHONPATH={REPO}",  # test stages: tests.support.stagelib
         # PrivateTmp= and ProtectHome= would hide a venv under /tmp or /root.
         f"BindReadOnlyPaths={' '.join(paths)}",
     ]

@@ -1,4 +1,4 @@
-"""User stages for the tests, loaded by workers as "stagelib:NAME"."""
+"""User stages for the tests, loaded by workers as "tests.support.stagelib:NAME"."""
 
 from __future__ import annotations
 
