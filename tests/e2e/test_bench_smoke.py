@@ -12,7 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.daemon import REPO, python_path
+
 WORKLOADS = {"classify", "cpu_1ms", "sleep_10ms", "small_files"}
 ALWAYS = {"single loop", "classic recipe", "Pool.imap", "ipspool"}
 DRAMATIQ = {"dramatiq 1/msg", "dramatiq 1000/msg"}
@@ -20,10 +21,9 @@ DRAMATIQ = {"dramatiq 1/msg", "dramatiq 1000/msg"}
 
 def test_tiny_benchmark_reports_every_system_and_workload(tmp_path: Path) -> None:
     """Every system runs every workload once and reports a positive throughput."""
-    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")]))
     done = subprocess.run(
         [sys.executable, "-m", "bench.run", "--tiny", "--out", str(tmp_path)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True, timeout=240,
+        cwd=REPO, env={**os.environ, "PYTHONPATH": python_path()}, capture_output=True, text=True, timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     data = json.loads((tmp_path / "results.json").read_text())

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from ipspool.exitcodes import ExitCode
+from tests.support.daemon import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 _EVENT_CALL = re.compile(r'\.(?:debug|info|warning|error|critical|exception)\(\s*"([a-z_]+\.[a-z_.]+)"')
 
 

@@ -11,8 +11,8 @@ from ipspool.cli import main
 from ipspool.config import Config, ConfigError, load_config, parse_config
 from ipspool.exitcodes import ExitCode
 from ipspool.pipeline import load_pipeline
+from tests.support.daemon import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "config" / "ipspool.toml"
 
 
