@@ -4,7 +4,7 @@ Sized for a 2-core machine within the test budget. The full-size run quoted
 in docs/durability.md is the same test with bigger numbers:
 
     IPSPOOL_LOAD_BACKLOG=100000 IPSPOOL_LOAD_ARRIVALS=20000 \
-        pytest -s --timeout 1800 tests/test_load.py -k backlog
+        pytest -s --timeout 1800 tests/e2e/test_load.py -k backlog
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def test_spool_content_naming_modules_or_callables_runs_nothing(make_daemon: Cal
     files = {
         "evil.py": code,
         "sitecustomize.py": code,
-        "os:system": f"os:system\nstagelib:crash\nsubprocess:run\n{code}",
+        "os:system": f"os:system\ntests.support.stagelib:crash\nsubprocess:run\n{code}",
         "tests.support.stagelib:crash": "tests.support.stagelib:crash\n6.6.6.6\n",
         "ipspool.py": "ipspool.pipeline:load_pipeline\n",
     }
