@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m ipspool.demo
+	$(BIN)/python -m ipspool.tools.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check daemon tests bench

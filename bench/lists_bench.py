@@ -21,8 +21,8 @@ from pathlib import Path
 
 import structlog
 
+from ipspool.address import Address
 from ipspool.config import parse_config
-from ipspool.pipeline import Address
 from ipspool.stages.lists import build
 
 RUNS = 5

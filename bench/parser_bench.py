@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable
 
 from bench.inputs import v4, v4_special, v6_global, v6_special
+from ipspool.address import parse_address
 from ipspool.classify import classify
 from ipspool.fastip import fast_parse_classify
-from ipspool.pipeline import parse_address
 
 
 def _v4_mapped(rng: random.Random) -> str:

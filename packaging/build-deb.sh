@@ -97,8 +97,8 @@ chmod 644 "$STAGE/etc/ipspool/ipspool.toml"
 install -d "$STAGE/usr/share/man/man8" "$STAGE/usr/share/bash-completion/completions"
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)}
 export SOURCE_DATE_EPOCH
-"$VENV/bin/python3" -m ipspool.manpage | gzip -9n > "$STAGE/usr/share/man/man8/ipspool.8.gz"
-"$VENV/bin/python3" -m ipspool.completion bash > "$STAGE/usr/share/bash-completion/completions/ipspool"
+"$VENV/bin/python3" -m ipspool.tools.manpage | gzip -9n > "$STAGE/usr/share/man/man8/ipspool.8.gz"
+"$VENV/bin/python3" -m ipspool.tools.completion bash > "$STAGE/usr/share/bash-completion/completions/ipspool"
 find "$VENV" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 DOC=$STAGE/usr/share/doc/ipspool

@@ -35,6 +35,7 @@ from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from itertools import pairwise
 
+from ipspool.address import Address, parse_address
 from ipspool.classify import NETWORKS, classify
 
 __all__ = ["ParsedAddress", "fast_parse_classify", "slow_parse_classify"]
@@ -61,15 +62,11 @@ _EMBEDDED_V4 = (
 
 def slow_parse_classify(text: str) -> ParsedAddress:
     """The reference: ``parse_address`` and the ``classify`` stage's values."""
-    # Imported here because pipeline imports this module; parse_address
-    # stays in pipeline, where its error messages are owned.
-    from ipspool.pipeline import parse_address
-
     address = parse_address(text)
     return (str(address), *_verdict(address))
 
 
-def _verdict(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> _Verdict:
+def _verdict(address: Address) -> _Verdict:
     """What the ``classify`` stage reports for an address, after "ip"."""
     # Ask the stage itself, so the tables follow any change to it.
     fields = classify(address)

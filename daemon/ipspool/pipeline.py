@@ -4,8 +4,9 @@
 into result bytes and counts. It touches no file, socket or global state, so a
 local worker, a test or a remote engine can all call it unchanged.
 
-A *stage* is a callable taking the parsed address (an ``ipaddress`` object)
-and returning a mapping of fields to add to that address's record, or None.
+A *stage* is a callable taking the parsed address (an ``ipaddress`` object,
+typed ``ipspool.address.Address``) and returning a mapping of fields to add
+to that address's record, or None.
 Stages are named in ``[pipeline] stages``: a built-in name or
 ``"module:callable"``. See docs/stages.md for the contract.
 """
@@ -13,7 +14,6 @@ Stages are named in ``[pipeline] stages``: a built-in name or
 from __future__ import annotations
 
 import importlib
-import ipaddress
 import pickle
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from ipspool.address import Address, parse_address
 from ipspool.classify import classify, classify_fields
 from ipspool.config import Config, ConfigError
 from ipspool.fastip import ParsedAddress, fast_parse_classify
@@ -29,18 +30,15 @@ from ipspool.protocol import Alert
 
 __all__ = [
     "RESERVED_FIELDS",
-    "Address",
     "Pipeline",
     "Stage",
     "error_record",
     "load_pipeline",
-    "parse_address",
     "process_chunk",
     "process_lines",
     "split_lines",
 ]
 
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Counts = Counter[str]
 
 # Fields the framework writes; a stage may not return these.
@@ -238,18 +236,6 @@ def load_pipeline(config: Config, source: str = "<config>") -> Pipeline:
         raise ConfigError(source, tuple(problems))
     return Pipeline(config.pipeline.stages, tuple(stages), config.spool.max_line_bytes,
                     config.alerts.listed_per_file)
-
-
-def parse_address(text: str) -> Address:
-    """Parse one address, with an error message that says what is wrong."""
-    if "/" in text:
-        raise ValueError("CIDR notation is a network, not an address")
-    if ":" in text:
-        return ipaddress.IPv6Address(text)
-    if "-" in text and text.count(".") > 3:
-        raise ValueError("address ranges are not expanded")
-    # IPv4Address refuses leading zeros ("010.1.1.1") rather than reading octal.
-    return ipaddress.IPv4Address(text)
 
 
 def split_lines(data: bytes) -> list[bytes]:

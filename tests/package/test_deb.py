@@ -20,14 +20,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from container import Container
-from debroot import cached_root, unpack
 
-from conftest import wait_for
+from tests.support.container import Container
+from tests.support.daemon import REPO, wait_for
+from tests.support.debroot import cached_root, unpack
 
 pytestmark = [pytest.mark.package, pytest.mark.timeout(600)]
 
-REPO = Path(__file__).resolve().parents[2]
 UNIT = "ipspool.service"
 CONFIG = "/etc/ipspool/ipspool.toml"
 SPOOL = "/var/spool/ipspool"

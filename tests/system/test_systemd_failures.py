@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from nspawn import Machine, boot_ipspool, wait_for
+
+from tests.support.nspawn import Machine, boot_ipspool, wait_for
 
 pytestmark = pytest.mark.systemd
 
@@ -15,7 +16,7 @@ WATCHDOG_DROPIN = "WatchdogSec=3\nRestartSec=1\n"
 SLOW: dict[str, dict[str, Any]] = {
     "spool": {"rescan_interval": 1.0},
     "workers": {"processes": 2, "threads": 8, "chunk_bytes": 4096, "max_inflight": 1},
-    "pipeline": {"stages": ["classify", "stagelib:slow"]},
+    "pipeline": {"stages": ["classify", "tests.support.stagelib:slow"]},
     "log": {"level": "debug"},
 }
 LINES = 3000

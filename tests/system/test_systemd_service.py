@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nspawn import SPOOL, UNIT, Machine, boot_ipspool
+
+from tests.support.nspawn import SPOOL, UNIT, Machine, boot_ipspool
 
 pytestmark = pytest.mark.systemd
 
@@ -21,7 +22,7 @@ BASE: dict[str, dict[str, Any]] = {
 SLOW: dict[str, dict[str, Any]] = {
     **BASE,
     "workers": {"processes": 2, "threads": 8, "chunk_bytes": 4096, "max_inflight": 1},
-    "pipeline": {"stages": ["classify", "stagelib:slow"]},
+    "pipeline": {"stages": ["classify", "tests.support.stagelib:slow"]},
 }
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 
@@ -72,7 +73,7 @@ def test_reload_applies_a_good_config_and_refuses_a_bad_one(machine: Machine) ->
     """A good reload takes effect; bad ones fail `systemctl reload` while the daemon keeps processing."""
     cursor = machine.reset(**BASE)
     pid = machine.main_pid()
-    machine.configure(**{**BASE, "pipeline": {"stages": ["classify", "stagelib:tag"]}})
+    machine.configure(**{**BASE, "pipeline": {"stages": ["classify", "tests.support.stagelib:tag"]}})
     machine.systemctl("reload", UNIT)
     machine.wait_event("config.reloaded", cursor)
     machine.submit("tagged.txt", "192.0.2.7\n")

@@ -17,8 +17,8 @@ from typing import Any
 import maxminddb
 import structlog
 
+from ipspool.address import Address
 from ipspool.config import Config, ConfigError
-from ipspool.pipeline import Address
 from ipspool.stages._files import FileStamp, describe_os_error, stamp_path
 
 __all__ = ["GeoipStage", "build", "open_reader"]

@@ -26,8 +26,8 @@ from typing import Any
 import orjson
 import structlog
 
+from ipspool.address import Address
 from ipspool.config import Config, ConfigError, ListConfig
-from ipspool.pipeline import Address
 from ipspool.stages._files import FileStamp, describe_os_error, open_regular, stamp_path
 
 __all__ = [

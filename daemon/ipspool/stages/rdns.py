@@ -34,8 +34,8 @@ import dns.resolver
 import dns.reversename
 import structlog
 
+from ipspool.address import Address
 from ipspool.config import Config, ConfigError, RdnsConfig
-from ipspool.pipeline import Address
 
 __all__ = [
     "FAILURE_TTL",
