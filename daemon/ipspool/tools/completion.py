@@ -88,6 +88,15 @@ def bash_script(parser: argparse.ArgumentParser | None = None) -> str:
         "    esac",
         "}",
         "",
+        *_dispatch(names, _flags(global_options)),
+        "complete -F _ipspool ipspool",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _dispatch(names: str, flags: str) -> list[str]:
+    """The completion function itself: find the command, then complete its options or arguments."""
+    return [
         "_ipspool_complete_kind() {",
         '    case "$1" in',
         '        file) compopt -o filenames 2>/dev/null; COMPREPLY=($(compgen -f -- "$2")) ;;',
@@ -106,7 +115,7 @@ def bash_script(parser: argparse.ArgumentParser | None = None) -> str:
         "        esac",
         "    done",
         '    if [ -z "$command" ]; then',
-        '        COMPREPLY=($(compgen -W "' + _flags(global_options) + " " + names + '" -- "$cur"))',
+        '        COMPREPLY=($(compgen -W "' + flags + " " + names + '" -- "$cur"))',
         "        return",
         "    fi",
         '    if [ "$COMP_CWORD" -gt $((i + 1)) ]; then',
@@ -122,9 +131,7 @@ def bash_script(parser: argparse.ArgumentParser | None = None) -> str:
         '        _ipspool_complete_kind "$(_ipspool_argument "$command")" "$cur"',
         "    fi",
         "}",
-        "complete -F _ipspool ipspool",
     ]
-    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str]) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from conftest import Daemon
+from tests.support.daemon import Daemon
 
 
 def test_records_outgrowing_the_output_ratio_fail_the_file_and_leave_no_partial_result(

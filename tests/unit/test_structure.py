@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "daemon" / "ipspool"
+PACKAGE = Path(__file__).resolve().parents[2] / "daemon" / "ipspool"
 MAX_CLASS_LINES = 400
 MAX_FUNCTION_LINES = 60
 # The per-line hot loop stays one function: splitting it costs a call per address.

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from fakes import FakeClock, FakeLauncher, FakeProcess, FakeSelector
 from ipspool.chunking import Chunk
 from ipspool.config import load_config
 from ipspool.exitcodes import ExitCode
 from ipspool.pool import BOOT_FAILURE_LIMIT, MAX_BACKOFF, WorkerHandle, WorkerPool
 from ipspool.protocol import Done, Halted, Lost, Ready, RunChunk, Started, Stop, UnitExited
 from ipspool.states import IllegalTransition, WorkerState
+from tests.support.fakes import FakeClock, FakeLauncher, FakeProcess, FakeSelector
 
 
 def make_pool(tmp_path: Path, processes: int = 2, threads: int = 2, **workers: object) -> tuple[WorkerPool, FakeClock,

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from fakes import FakeClock, FakeExecutor, FakeNotifier
 from ipspool.config import load_config
 from ipspool.health import HealthChecks
 from ipspool.intake import SETTLE
@@ -18,6 +17,7 @@ from ipspool.outage import MAX_BACKOFF, DiskOutage
 from ipspool.protocol import Done, Failed, Lost
 from ipspool.states import JobState
 from ipspool.supervisor import Supervisor
+from tests.support.fakes import FakeClock, FakeExecutor, FakeNotifier
 
 
 def make(tmp_path: Path, slots: int = 2, **workers: Any) -> tuple[Supervisor, FakeClock, FakeExecutor]:
