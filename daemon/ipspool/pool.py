@@ -37,6 +37,7 @@ from ipspool.protocol import (
     Failed,
     FromWorker,
     Halted,
+    Heartbeat,
     Lost,
     Ready,
     Refresh,
@@ -54,10 +55,6 @@ __all__ = ["ForkserverLauncher", "Launcher", "WorkerHandle", "WorkerPool", "Work
 BOOT_FAILURE_LIMIT = 5     # workers dying before "ready" in a row: halt
 HEALTHY_AFTER = 30.0       # a worker alive this long resets the back-off
 MAX_BACKOFF = 30.0
-
-
-class Heartbeat(Protocol):
-    value: float
 
 
 class Channel(Protocol):

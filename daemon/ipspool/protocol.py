@@ -11,6 +11,7 @@ book never learns where a chunk ran.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ipspool.chunking import Chunk
 
@@ -22,6 +23,7 @@ __all__ = [
     "Failed",
     "FromWorker",
     "Halted",
+    "Heartbeat",
     "Lost",
     "Ready",
     "Refresh",
@@ -34,6 +36,12 @@ __all__ = [
 
 ChunkKey = tuple[int, int]          # (job sequence number, chunk index)
 Alert = tuple[int, str, list[str]]  # (line, ip, names of alerting lists)
+
+
+class Heartbeat(Protocol):
+    """A worker's progress stamp (Clock.monotonic()), shared with the supervisor (a RawValue("d"))."""
+
+    value: float
 
 
 # -- supervisor -> worker ---------------------------------------------------

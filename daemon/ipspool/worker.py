@@ -30,7 +30,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
 
 from ipspool.chunking import Chunk
 from ipspool.clock import SYSTEM_CLOCK, Clock
@@ -39,7 +38,7 @@ from ipspool.exitcodes import ExitCode
 from ipspool.logs import LogTarget, configure_logging, get_logger
 from ipspool.parts import ChunkFailed, PartWriter, read_chunk, too_long_record, write_part
 from ipspool.pipeline import Pipeline, load_pipeline, process_lines, split_lines
-from ipspool.protocol import Alert, Done, Failed, FromWorker, Ready, Refresh, RunChunk, Started, Stop
+from ipspool.protocol import Alert, Done, Failed, FromWorker, Heartbeat, Ready, Refresh, RunChunk, Started, Stop
 from ipspool.spool import printable
 from ipspool.stats import StatsClient
 
@@ -83,7 +82,7 @@ class Worker:
         self,
         slot: int,
         conn: Connection,
-        heartbeat: Any,
+        heartbeat: Heartbeat,
         config: Config,
         pipeline: Pipeline,
         stats: StatsClient | None,
@@ -346,7 +345,7 @@ class Worker:
 def worker_main(
     slot: int,
     conn: Connection,
-    heartbeat: Any,
+    heartbeat: Heartbeat,
     config: Config,
     runtime_dir: str,
     authkey: bytes,
