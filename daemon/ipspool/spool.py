@@ -82,6 +82,7 @@ class Claimed:
     ino: int
     claimed_at: float
     mtime: float
+    ctime_ns: int  # a rewrite that restores size and mtime still moves the ctime
 
 
 def job_base(name: str) -> str:
@@ -311,7 +312,7 @@ class Spool:
             raise InputRejected("too_large", f"{st.st_size} bytes, limit spool.max_file_bytes={max_bytes}")
         return Claimed(
             name, job_name, str(self.root / "active" / job_name), st.st_size, st.st_dev, st.st_ino,
-            time.time(), st.st_mtime,
+            time.time(), st.st_mtime, st.st_ctime_ns,
         )
 
     def part_path(self, token: str) -> str:
@@ -398,7 +399,9 @@ class Spool:
             return "the claimed file disappeared from active/"
         if (st.st_dev, st.st_ino) != (claimed.dev, claimed.ino):
             return "the file in active/ is not the one that was claimed"
-        if (st.st_size, st.st_mtime) != (claimed.size, claimed.mtime):
+        if (st.st_size, st.st_mtime, st.st_ctime_ns) != (claimed.size, claimed.mtime, claimed.ctime_ns):
+            # The ctime too: a producer can restore the size and the mtime
+            # (utime) after rewriting, but every write moves the ctime.
             return (f"written to while it was processed ({claimed.size} -> {st.st_size} bytes); "
                     "producers must write in tmp/ and rename into incoming/")
         return None
