@@ -296,6 +296,18 @@ class Spool:
                 raise InputRejected("unreadable", "permission denied for the service user") from None
             if exc.errno == errno.ENXIO:
                 raise InputRejected("not_regular_file", "is a socket or device") from None
+            if exc.errno == errno.EWOULDBLOCK:
+                # O_NONBLOCK open of a file another process holds a write
+                # lease on (fcntl F_SETLEASE): without O_NONBLOCK the open
+                # would wait for the lease break, up to
+                # /proc/sys/fs/lease-break-time (fcntl(2), "Leases"). The
+                # holder still has the file open for writing, like a
+                # producer that writes after its claim: failed/, unread.
+                raise InputRejected(
+                    "leased",
+                    "another process holds a lease on it (it still has the file open); "
+                    "producers must close the file before renaming it into incoming/",
+                ) from None
             raise InputRejected("unreadable", f"cannot open: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
