@@ -38,7 +38,16 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Claimed", "InputRejected", "Spool", "SpoolError", "fsync_dir", "path_problems", "printable"]
+__all__ = [
+    "Claimed",
+    "InputRejected",
+    "Spool",
+    "SpoolError",
+    "ensure_runtime_dir",
+    "fsync_dir",
+    "path_problems",
+    "printable",
+]
 
 SUBDIRS = ("tmp", "incoming", "active", "done", "failed")
 RESULT_SUFFIX = ".jsonl"
@@ -99,6 +108,23 @@ def job_base(name: str) -> str:
 
 def fsync_dir(fd: int) -> None:
     os.fsync(fd)
+
+
+def ensure_runtime_dir(path: Path) -> None:
+    """Create the runtime directory (mode 0750, parents as needed) or say why it cannot be used.
+
+    Raises SpoolError naming ``spool.runtime_dir``: ``ipspool run`` exits 5.
+    """
+    problem = _directory_problem(path)
+    if problem is None:
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            problem = f"cannot be created: {exc.strerror}"
+    if problem is None and not os.access(path, os.W_OK | os.X_OK):
+        problem = "is not writable by this user"
+    if problem is not None:
+        raise SpoolError(f"spool.runtime_dir: {path} {problem}")
 
 
 def printable(name: str) -> str:
