@@ -1,12 +1,15 @@
-"""Result records are bounded whatever the line."""
+"""Result and error records are bounded and written whole."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from ipspool.pipeline import Pipeline, load_pipeline, process_chunk
+from ipspool.spool import Spool
 
 # -- bounded error records (issue 9) ------------------------------------------------
 
@@ -40,3 +43,24 @@ def test_a_short_error_message_is_kept_whole(classify_only: Pipeline) -> None:
     out, _ = process_chunk(b"010.1.1.1\n", 1, classify_only)
     assert json.loads(out)["error"] == "not an IP address: Leading zeros are not permitted in '010' in '010.1.1.1'"
 
+
+# -- error records in failed/ ----------------------------------------------------------
+
+
+def test_error_record_is_written_whole_despite_short_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write(2) returning after 7 bytes each time: failed/JOB.error.json is still the whole record."""
+    spool = Spool(tmp_path / "spool", tmp_path / "results")
+    spool.create()
+    spool.open()
+    try:
+        (spool.root / "incoming" / "f").write_bytes(b"1.1.1.1\n")
+        job = spool.claim("f")
+        assert job is not None
+        real = os.write
+        monkeypatch.setattr(os, "write", lambda fd, data: real(fd, bytes(data[:7])))
+        spool.fail(job, "too_large", "x" * 500, {"file": "f"})
+        monkeypatch.undo()
+        record = json.loads((spool.root / "failed" / "f.error.json").read_text())
+        assert record["detail"] == "x" * 500 and record["job"] == "f"
+    finally:
+        spool.close()
