@@ -487,9 +487,14 @@ class Spool:
             pass
 
     def fail(self, job_name: str, reason: str, detail: str, extra: dict[str, Any] | None = None) -> str:
-        """Move active/JOB to failed/JOB beside JOB.error.json (written first)."""
+        """Move active/JOB to failed/JOB beside JOB.error.json (written first).
+
+        The claim is made durable first (incoming/ and active/): a power cut
+        must not bring the input back to incoming/ beside its error record.
+        """
         info = {"job": printable(job_name), "reason": reason, "detail": detail, "time": time.time(),
                 **{k: printable(v) if isinstance(v, str) else v for k, v in (extra or {}).items()}}
+        self.sync_claims()
         failed_fd = self.fds["failed"]
         error_name = job_name + ERROR_SUFFIX
         tmp_name = f".{job_name[:200]}.{os.getpid()}.tmp"

@@ -6,6 +6,10 @@ failed/NAME.error.json, results/), by the daemon's own rule
 (``spool.job_name_candidates``), so the daemon claims it under the same name
 and ``--wait`` knows which result to wait for.
 
+Durability: the file is fsync'd in tmp/, renamed into incoming/, then
+incoming/ and tmp/ are fsync'd, in that order (the destination first, as the
+daemon does), so after a power cut the file is in incoming/ and only there.
+
 A producer that is only in the producer group (ipspool-submit in the Debian
 package, docs/packaging.md) may not look into active/, done/, failed/ or the
 results: it chooses a name free in incoming/ alone (the daemon's claim still
@@ -25,7 +29,7 @@ from pathlib import Path
 from ipspool.config import Config
 from ipspool.exitcodes import ExitCode
 from ipspool.fsops import rename_noreplace
-from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIX, job_base, job_entries, job_name_candidates
+from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIX, fsync_dir, job_base, job_entries, job_name_candidates
 
 __all__ = ["Submitted", "submit_bytes", "submit_files"]
 
@@ -98,11 +102,12 @@ def _publish(config: Config, tmp: str, wanted: str) -> str:
         except FileExistsError:
             continue  # another producer took the name first
         break
-    dir_fd = os.open(incoming, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    for directory in (incoming, config.spool_dir / "tmp"):
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fsync_dir(dir_fd)
+        finally:
+            os.close(dir_fd)
     return name
 
 
