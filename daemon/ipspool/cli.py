@@ -64,16 +64,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 # -- status -----------------------------------------------------------------
 
+_STATUS_TIMEOUT = 2.0  # seconds for each step of the exchange with the stats Manager
+
 
 def _snapshot(config: Config) -> dict[str, Any] | None:
     from multiprocessing.context import AuthenticationError
 
-    from ipspool.stats import StatsClient
+    from ipspool.stats import AuthkeyError, StatsClient
 
-    client = StatsClient(config.runtime_dir)
+    client = StatsClient(config.runtime_dir, timeout=_STATUS_TIMEOUT)
     try:
-        stats = client.connect()
-        return stats.snapshot()  # type: ignore[no-any-return]
+        return client.connect().snapshot()
     except FileNotFoundError:
         return None
     except ConnectionRefusedError:
@@ -82,6 +83,13 @@ def _snapshot(config: Config) -> dict[str, Any] | None:
         raise SystemExit(f"ipspool: cannot read the daemon's stats ({exc}); run as the service user or root") from None
     except AuthenticationError:
         raise SystemExit("ipspool: the stats socket refused our key (is the authkey from another daemon?)") from None
+    except AuthkeyError as exc:
+        raise SystemExit(f"ipspool: {exc}") from None
+    except (TimeoutError, BlockingIOError, EOFError, ConnectionResetError, BrokenPipeError):
+        # A Manager that is stopped or hung does not answer: as good as not running.
+        return None
+    finally:
+        client.close()
 
 
 def cmd_status(args: argparse.Namespace) -> int:

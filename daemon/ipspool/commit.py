@@ -123,13 +123,22 @@ class Committer:
         self.outage.ok()
         self.spool.sync_results()
         for job, _, _ in published:
-            self.spool.retire_input(job.claimed.job_name, self.keep_processed)
+            self.retire(job)
         self.spool.sync_retired(self.keep_processed)
         for job, part, result in published:
             for p in job.parts.values():
                 self.spool.remove_part(p)
             self.spool.remove_part(part)
             self.committed(job, result)
+
+    def retire(self, job: Job) -> None:
+        """Step 3 for one job; a failure (no room for done/ to grow) leaves it to the next start."""
+        try:
+            self.spool.retire_input(job.claimed.job_name, self.keep_processed)
+        except OSError as exc:
+            self.log.error("spool.retire_failed", file=job.claimed.name, job=job.claimed.job_name,
+                           error=exc.strerror or str(exc),
+                           note="the result is published; the input stays in active/ until recovery at the next start")
 
     def publish_one(self, job: Job) -> tuple[str, str] | None:
         """Step 2 for one job: link its result in; (part, result path) or None if not now."""

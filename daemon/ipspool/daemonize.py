@@ -70,6 +70,7 @@ def daemonize(config: Config, args: argparse.Namespace) -> int:
     daemon: Any = importlib.import_module("daemon")
 
     from ipspool.logs import LogTarget, configure_logging
+    from ipspool.spool import SpoolError, ensure_runtime_dir
     from ipspool.supervisor import Supervisor
 
     # The working directory becomes "/": resolve relative paths first.
@@ -80,6 +81,17 @@ def daemonize(config: Config, args: argparse.Namespace) -> int:
     # Every process (workers and the stats Manager too) then opens the file
     # itself and reopens it on SIGUSR1, so logrotate's rename loses nothing.
     config = config.model_copy(update={"log": config.log.model_copy(update={"file": log_file})})
+    # The log goes to the runtime directory by default: create that first,
+    # with its own mode (0750, like the supervisor), not makedirs' 0777 & ~umask.
+    try:
+        ensure_runtime_dir(config.runtime_dir)
+        os.makedirs(os.path.dirname(log_file), mode=0o750, exist_ok=True)
+    except SpoolError as exc:
+        print(f"ipspool: {exc}", file=sys.stderr)
+        return ExitCode.SPOOL_ERROR
+    except OSError as exc:
+        print(f"ipspool: log.file: cannot create {os.path.dirname(log_file)}: {exc.strerror}", file=sys.stderr)
+        return ExitCode.CONFIG_ERROR
     pidfile = None
     if args.pidfile:
         pidfile = LockedPidfile(os.path.abspath(args.pidfile))
@@ -87,7 +99,6 @@ def daemonize(config: Config, args: argparse.Namespace) -> int:
         if holder is not None:
             print(f"ipspool: {args.pidfile} is locked by pid {holder}; already running?", file=sys.stderr)
             return ExitCode.FAILURE
-    os.makedirs(os.path.dirname(log_file), exist_ok=True)
     # Workers, the stats process and tracebacks write to stdout/stderr.
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
     stream = os.fdopen(os.open(log_file, flags, 0o640), "ab", buffering=0)  # DaemonContext dup2()s it onto 1, 2

@@ -45,6 +45,9 @@ Counts = Counter[str]
 RESERVED_FIELDS = frozenset({"line", "input", "ip", "error", "stage_errors"})
 _BOM = b"\xef\xbb\xbf"
 _INPUT_PREVIEW = 200  # characters of a bad line echoed back in its record
+# Characters of a record's error message: the parser's messages quote the
+# line (once or twice), so without a cap a record would grow with the line.
+_ERROR_MAX = 256
 
 
 @runtime_checkable
@@ -247,6 +250,8 @@ def split_lines(data: bytes) -> list[bytes]:
 
 
 def error_record(line_no: int, shown: str, message: str) -> bytes:
+    if len(message) > _ERROR_MAX:
+        message = message[:_ERROR_MAX - 3] + "..."
     return orjson.dumps({"line": line_no, "input": shown[:_INPUT_PREVIEW], "error": message}) + b"\n"
 
 

@@ -15,9 +15,15 @@ duplication:
 3. the input is renamed active/JOB -> done/JOB (or unlinked) and both
    directories are fsync'd.
 
-A job's name is the input's name, made unique at claim time against active/,
-done/, failed/ and the results, so results/JOB.jsonl belongs to exactly one
-input and a crash between steps 2 and 3 is recognised, not redone.
+A job's name is the input's name, made unique at claim time: it is free only
+if every name derived from it is (``job_entries``: active/JOB, done/JOB,
+failed/JOB, failed/JOB.error.json, results/JOB.jsonl), and a name ending in
+``.error.json`` is never a job's, so no input in failed/ can ever stand where
+another job's error record goes. results/JOB.jsonl and failed/JOB.error.json
+therefore belong to exactly one input, and a crash between steps 2 and 3 is
+recognised, not redone. Recovery still checks that what it finds there is
+the daemon's own (a regular single-link file of ours; an error record that
+names the job) before it trusts it.
 
 All operations go through directory file descriptors opened with O_NOFOLLOW,
 and files are opened with O_NOFOLLOW|O_NONBLOCK: nothing planted in the spool
@@ -38,7 +44,20 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Claimed", "InputRejected", "Spool", "SpoolError", "fsync_dir", "path_problems", "printable"]
+from ipspool.fsops import rename_noreplace_at, write_all
+
+__all__ = [
+    "Claimed",
+    "InputRejected",
+    "Spool",
+    "SpoolError",
+    "ensure_runtime_dir",
+    "fsync_dir",
+    "job_entries",
+    "job_name_candidates",
+    "path_problems",
+    "printable",
+]
 
 SUBDIRS = ("tmp", "incoming", "active", "done", "failed")
 RESULT_SUFFIX = ".jsonl"
@@ -48,6 +67,7 @@ _COPY_PIECE = 64 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NAME_MAX = 255
+_RECORD_MAX = 64 << 10  # an error record we wrote is far smaller; anything larger is not ours
 _NOT_REGULAR = {
     stat.S_IFDIR: "a directory",
     stat.S_IFIFO: "a FIFO",
@@ -82,6 +102,7 @@ class Claimed:
     ino: int
     claimed_at: float
     mtime: float
+    ctime_ns: int  # a rewrite that restores size and mtime still moves the ctime
 
 
 def job_base(name: str) -> str:
@@ -96,8 +117,54 @@ def job_base(name: str) -> str:
     return name if len(raw) <= room else os.fsdecode(raw[:room])
 
 
+def job_entries(job_name: str) -> tuple[tuple[str, str], ...]:
+    """Every (directory, entry) that belongs to a job: its name is free only if all are.
+
+    "results" is the results directory, the others are spool subdirectories.
+    """
+    return (
+        ("active", job_name),
+        ("done", job_name),
+        ("failed", job_name),
+        ("failed", job_name + ERROR_SUFFIX),
+        ("results", job_name + RESULT_SUFFIX),
+    )
+
+
+def job_name_candidates(name: str) -> Iterator[str]:
+    """The names a job for input ``name`` may take, in order of preference.
+
+    ``name`` itself unless it is too long or ends in ``.error.json`` (the
+    name of some other job's error record in failed/), then ``BASE.1``,
+    ``BASE.2``, ... The daemon and ``ipspool submit`` both use it, so a
+    producer's choice is the name the daemon keeps.
+    """
+    base = job_base(name)
+    if base == name and not name.endswith(ERROR_SUFFIX):
+        yield base
+    for n in range(1, 1_000_000):
+        yield f"{base}.{n}"
+
+
 def fsync_dir(fd: int) -> None:
     os.fsync(fd)
+
+
+def ensure_runtime_dir(path: Path) -> None:
+    """Create the runtime directory (mode 0750, parents as needed) or say why it cannot be used.
+
+    Raises SpoolError naming ``spool.runtime_dir``: ``ipspool run`` exits 5.
+    """
+    problem = _directory_problem(path)
+    if problem is None:
+        try:
+            path.mkdir(parents=True, exist_ok=True, mode=0o750)
+        except OSError as exc:
+            problem = f"cannot be created: {exc.strerror}"
+    if problem is None and not os.access(path, os.W_OK | os.X_OK):
+        problem = "is not writable by this user"
+    if problem is not None:
+        raise SpoolError(f"spool.runtime_dir: {path} {problem}")
 
 
 def printable(name: str) -> str:
@@ -232,20 +299,11 @@ class Spool:
     # -- naming -----------------------------------------------------------
 
     def _taken(self, job_name: str) -> bool:
-        return (
-            _exists(job_name, self.fds["active"])
-            or _exists(job_name, self.fds["done"])
-            or _exists(job_name, self.fds["failed"])
-            or _exists(job_name + RESULT_SUFFIX, self.fds["results"])
-        )
+        return any(_exists(entry, self.fds[where]) for where, entry in job_entries(job_name))
 
     def unique_job_name(self, name: str) -> str:
-        """``name``, or ``name.N`` for the smallest N that is free everywhere."""
-        base = job_base(name)
-        if not self._taken(base) and base == name:
-            return base
-        for n in range(1, 1_000_000):
-            candidate = f"{base}.{n}"
+        """``name``, or ``name.N`` for the smallest N whose every entry is free (``job_entries``)."""
+        for candidate in job_name_candidates(name):
             if not self._taken(candidate):
                 return candidate
         raise SpoolError(f"no free job name for {name!r}")
@@ -295,6 +353,18 @@ class Spool:
                 raise InputRejected("unreadable", "permission denied for the service user") from None
             if exc.errno == errno.ENXIO:
                 raise InputRejected("not_regular_file", "is a socket or device") from None
+            if exc.errno == errno.EWOULDBLOCK:
+                # O_NONBLOCK open of a file another process holds a write
+                # lease on (fcntl F_SETLEASE): without O_NONBLOCK the open
+                # would wait for the lease break, up to
+                # /proc/sys/fs/lease-break-time (fcntl(2), "Leases"). The
+                # holder still has the file open for writing, like a
+                # producer that writes after its claim: failed/, unread.
+                raise InputRejected(
+                    "leased",
+                    "another process holds a lease on it (it still has the file open); "
+                    "producers must close the file before renaming it into incoming/",
+                ) from None
             raise InputRejected("unreadable", f"cannot open: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
@@ -311,7 +381,7 @@ class Spool:
             raise InputRejected("too_large", f"{st.st_size} bytes, limit spool.max_file_bytes={max_bytes}")
         return Claimed(
             name, job_name, str(self.root / "active" / job_name), st.st_size, st.st_dev, st.st_ino,
-            time.time(), st.st_mtime,
+            time.time(), st.st_mtime, st.st_ctime_ns,
         )
 
     def part_path(self, token: str) -> str:
@@ -377,9 +447,14 @@ class Spool:
         fsync_dir(self.fds["results"])
 
     def retire_input(self, job_name: str, keep: bool) -> None:
-        """Step 3: move the input to done/ or delete it."""
+        """Step 3: move the input to done/ or delete it.
+
+        Raises OSError (ENOSPC: done/ needs a new block on a full disk); the
+        input then stays in active/ beside its published result, and
+        recovery at the next start retires it.
+        """
         if keep:
-            os.rename(job_name, job_name, src_dir_fd=self.fds["active"], dst_dir_fd=self.fds["done"])
+            rename_noreplace_at(job_name, job_name, self.fds["active"], self.fds["done"])
         else:
             os.unlink(job_name, dir_fd=self.fds["active"])
 
@@ -398,7 +473,9 @@ class Spool:
             return "the claimed file disappeared from active/"
         if (st.st_dev, st.st_ino) != (claimed.dev, claimed.ino):
             return "the file in active/ is not the one that was claimed"
-        if (st.st_size, st.st_mtime) != (claimed.size, claimed.mtime):
+        if (st.st_size, st.st_mtime, st.st_ctime_ns) != (claimed.size, claimed.mtime, claimed.ctime_ns):
+            # The ctime too: a producer can restore the size and the mtime
+            # (utime) after rewriting, but every write moves the ctime.
             return (f"written to while it was processed ({claimed.size} -> {st.st_size} bytes); "
                     "producers must write in tmp/ and rename into incoming/")
         return None
@@ -410,9 +487,14 @@ class Spool:
             pass
 
     def fail(self, job_name: str, reason: str, detail: str, extra: dict[str, Any] | None = None) -> str:
-        """Move active/JOB to failed/JOB beside JOB.error.json (written first)."""
+        """Move active/JOB to failed/JOB beside JOB.error.json (written first).
+
+        The claim is made durable first (incoming/ and active/): a power cut
+        must not bring the input back to incoming/ beside its error record.
+        """
         info = {"job": printable(job_name), "reason": reason, "detail": detail, "time": time.time(),
                 **{k: printable(v) if isinstance(v, str) else v for k, v in (extra or {}).items()}}
+        self.sync_claims()
         failed_fd = self.fds["failed"]
         error_name = job_name + ERROR_SUFFIX
         tmp_name = f".{job_name[:200]}.{os.getpid()}.tmp"
@@ -423,16 +505,19 @@ class Spool:
         fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
                      dir_fd=failed_fd)
         try:
-            os.write(fd, orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")
+            write_all(fd, orjson.dumps(info, option=orjson.OPT_INDENT_2) + b"\n")
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
+            os.unlink(tmp_name, dir_fd=failed_fd)
+            raise
+        os.close(fd)
         # The error file is ours to replace: a failure retried after a crash
         # rewrites the reason rather than leaving a stale one.
         os.rename(tmp_name, error_name, src_dir_fd=failed_fd, dst_dir_fd=failed_fd)
         fsync_dir(failed_fd)  # the reason is durable before the input moves (recovery relies on it)
         try:
-            os.rename(job_name, job_name, src_dir_fd=self.fds["active"], dst_dir_fd=failed_fd)
+            rename_noreplace_at(job_name, job_name, self.fds["active"], failed_fd)
         except FileNotFoundError:
             pass  # recovery of an already-moved failure
         fsync_dir(failed_fd)
@@ -441,36 +526,125 @@ class Spool:
 
     # -- recovery ---------------------------------------------------------
 
-    def recover(self, keep: bool) -> tuple[list[str], list[str], list[str]]:
-        """Finish or undo what a crash interrupted; return (redo, finished, failed).
+    def _own_file(self, where: str, entry: str) -> os.stat_result | None:
+        """lstat of ``entry`` if it is a file the daemon could have written: regular, ours, one link."""
+        try:
+            st = os.stat(entry, dir_fd=self.fds[where], follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
+            return None
+        return st
 
-        - results/.parts/ holds only unfinished work: emptied.
-        - active/JOB with results/JOB.jsonl: published before the crash, so
-          only step 3 is left to do.
-        - active/JOB with failed/JOB.error.json: finish moving it to failed/.
-        - any other active/JOB is processed again.
+    def _own_error_record(self, job_name: str) -> bool:
+        """Is failed/JOB.error.json a record the daemon wrote for this job?
+
+        Our own file (as ``_own_file``) holding a JSON object whose ``job`` is
+        this job's name: anything else at that name (an input of an older
+        version named like a record, a file an operator left) is not proof
+        that the job failed.
         """
+        name = job_name + ERROR_SUFFIX
+        st = self._own_file("failed", name)
+        if st is None or st.st_size > _RECORD_MAX:
+            return False
+        try:
+            fd = os.open(name, _FILE_FLAGS, dir_fd=self.fds["failed"])
+        except OSError:
+            return False
+        try:
+            data = os.read(fd, _RECORD_MAX + 1)
+        finally:
+            os.close(fd)
+        try:
+            info = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return False
+        return isinstance(info, dict) and info.get("job") == printable(job_name)
+
+    def _name_conflicts(self, job_name: str) -> bool:
+        """Does some other entry hold a name derived from this job's (see ``job_entries``)?"""
+        others = [(where, entry) for where, entry in job_entries(job_name) if (where, entry) != ("active", job_name)]
+        return job_name.endswith(ERROR_SUFFIX) or any(_exists(entry, self.fds[where]) for where, entry in others)
+
+    def _clean_unfinished(self) -> None:
         for entry in os.listdir(self.fds["parts"]):
             os.unlink(entry, dir_fd=self.fds["parts"])
         for entry in os.listdir(self.fds["failed"]):
             if entry.startswith(".") and entry.endswith(".tmp"):
                 os.unlink(entry, dir_fd=self.fds["failed"])
+
+    def recover(self, keep: bool) -> tuple[list[str], list[str], list[str]]:
+        """Finish or undo what a crash interrupted; return (redo, finished, failed).
+
+        - results/.parts/ holds only unfinished work: emptied (before the
+          results are looked at: a result still linked to its part has two
+          links).
+        - active/JOB with failed/JOB.error.json that we wrote for JOB: finish
+          moving it to failed/.
+        - active/JOB with results/JOB.jsonl that we could have written (a
+          regular file of ours with one link): published before the crash,
+          so only step 3 is left to do. Anything else at that name (a
+          symlink, another user's file, a hard link) is not our result: the
+          job fails as ``result_exists``, logged as ``file.failed``, and is
+          in none of the returned lists.
+        - any other active/JOB is processed again; under a new name
+          (``spool.name_conflict``) if some other entry holds one of its
+          derived names, so that nothing of that entry is overwritten.
+
+        A step that fails (ENOSPC: a directory needs a new block on a full
+        disk) leaves that entry in active/, is logged (``spool.recover_failed``)
+        and is tried again at the next start; it never stops the start.
+        """
+        from ipspool.logs import get_logger
+
+        log = get_logger()
+        self._clean_unfinished()
         redo: list[str] = []
         finished: list[str] = []
         failed: list[str] = []
+        renamed = False
         for job_name in sorted(os.listdir(self.fds["active"])):
-            # The error record first: a job that failed as result_exists has
-            # someone else's file at its result name, and a published job
-            # never has an error record.
-            if _exists(job_name + ERROR_SUFFIX, self.fds["failed"]):
-                os.rename(job_name, job_name, src_dir_fd=self.fds["active"], dst_dir_fd=self.fds["failed"])
-                failed.append(job_name)
-            elif _exists(job_name + RESULT_SUFFIX, self.fds["results"]):
-                self.retire_input(job_name, keep)
-                finished.append(job_name)
-            else:
-                redo.append(job_name)
-        if finished or failed:
-            self.sync_retired(keep)
-            fsync_dir(self.fds["failed"])
+            step = "fail"
+            try:
+                # The error record first: a job that failed as result_exists has
+                # someone else's file at its result name, and a published job
+                # never has an error record.
+                if self._own_error_record(job_name):
+                    rename_noreplace_at(job_name, job_name, self.fds["active"], self.fds["failed"])
+                    failed.append(job_name)
+                elif _exists(job_name + RESULT_SUFFIX, self.fds["results"]):
+                    if self._own_file("results", job_name + RESULT_SUFFIX) is None:
+                        detail = "a file we did not write holds the result name; nothing was overwritten"
+                        error_file = self.fail(job_name, "result_exists", detail, {"file": job_name})
+                        log.error("file.failed", file=printable(job_name), job=printable(job_name),
+                                  reason="result_exists", detail=detail, error_file=printable(error_file))
+                        continue
+                    step = "retire"
+                    self.retire_input(job_name, keep)
+                    finished.append(job_name)
+                elif self._name_conflicts(job_name):
+                    step = "rename"
+                    new_name = self.unique_job_name(job_name)
+                    rename_noreplace_at(job_name, new_name, self.fds["active"], self.fds["active"])
+                    renamed = True
+                    log.warning("spool.name_conflict", file=printable(job_name), job=printable(new_name),
+                                note="another entry holds a name derived from it; processed under the new name")
+                    redo.append(new_name)
+                else:
+                    redo.append(job_name)
+            except OSError as exc:
+                log.error("spool.recover_failed", file=printable(job_name), step=step,
+                          error=exc.strerror or str(exc), note="left in active/; looked at again at the next start")
+        # Destination directories first, active/ last: an input is never
+        # durably gone from active/ while not yet durably where it went.
+        syncs = [("done", keep and bool(finished)), ("failed", bool(failed)),
+                 ("active", bool(finished or failed or renamed))]
+        for where, needed in syncs:
+            if needed:
+                try:
+                    fsync_dir(self.fds[where])
+                except OSError as exc:
+                    log.error("spool.recover_failed", file=f"{where}/", step="sync",
+                              error=exc.strerror or str(exc), note="recovered moves may not survive a power cut")
         return redo, finished, failed

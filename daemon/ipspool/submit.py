@@ -1,8 +1,14 @@
 """Producers' side of the protocol: write in tmp/, fsync, rename into incoming/.
 
 The name a file gets in incoming/ is chosen free everywhere the daemon looks
-(incoming/, active/, done/, failed/, results/), so the daemon claims it under
-the same name and ``--wait`` knows which result to wait for.
+(incoming/ and every entry of ``spool.job_entries``: active/, done/, failed/,
+failed/NAME.error.json, results/), by the daemon's own rule
+(``spool.job_name_candidates``), so the daemon claims it under the same name
+and ``--wait`` knows which result to wait for.
+
+Durability: the file is fsync'd in tmp/, renamed into incoming/, then
+incoming/ and tmp/ are fsync'd, in that order (the destination first, as the
+daemon does), so after a power cut the file is in incoming/ and only there.
 
 A producer that is only in the producer group (ipspool-submit in the Debian
 package, docs/packaging.md) may not look into active/, done/, failed/ or the
@@ -23,7 +29,7 @@ from pathlib import Path
 from ipspool.config import Config
 from ipspool.exitcodes import ExitCode
 from ipspool.fsops import rename_noreplace
-from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIX, job_base
+from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIX, fsync_dir, job_base, job_entries, job_name_candidates
 
 __all__ = ["Submitted", "submit_bytes", "submit_files"]
 
@@ -44,8 +50,9 @@ def _searchable(directory: Path) -> bool:
 
 def _taken(config: Config, name: str) -> bool:
     spool = config.spool_dir
-    places = [(spool / "incoming", name), (spool / "active", name), (spool / "done", name),
-              (spool / "failed", name), (config.results_dir, name + RESULT_SUFFIX)]
+    places = [(spool / "incoming", name)] + [
+        (config.results_dir if where == "results" else spool / where, entry) for where, entry in job_entries(name)
+    ]
     return any(os.path.lexists(d / n) for d, n in places if _searchable(d))
 
 
@@ -55,13 +62,10 @@ def unobservable(config: Config) -> list[Path]:
 
 
 def _free_name(config: Config, wanted: str) -> str:
-    wanted = job_base(wanted.lstrip(".") or "input")
-    if not _taken(config, wanted):
-        return wanted
-    n = 1
-    while _taken(config, f"{wanted}.{n}"):
-        n += 1
-    return f"{wanted}.{n}"
+    for name in job_name_candidates(job_base(wanted.lstrip(".") or "input")):
+        if not _taken(config, name):
+            return name
+    raise FileExistsError(f"no free name in incoming/ for {wanted!r}")
 
 
 def _write_tmp(config: Config, source: int) -> tuple[str, int]:
@@ -98,11 +102,12 @@ def _publish(config: Config, tmp: str, wanted: str) -> str:
         except FileExistsError:
             continue  # another producer took the name first
         break
-    dir_fd = os.open(incoming, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    for directory in (incoming, config.spool_dir / "tmp"):
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fsync_dir(dir_fd)
+        finally:
+            os.close(dir_fd)
     return name
 
 

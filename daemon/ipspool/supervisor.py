@@ -42,7 +42,7 @@ from ipspool.pipeline import load_pipeline
 from ipspool.pool import ForkserverLauncher, WorkerPool
 from ipspool.protocol import Done, Failed, Halted, Lost, UnitExited
 from ipspool.reporting import Picture, Reporter, StatsLink
-from ipspool.spool import Spool, SpoolError
+from ipspool.spool import Spool, SpoolError, ensure_runtime_dir
 from ipspool.stats import ensure_authkey
 from ipspool.watcher import IncomingWatcher
 
@@ -129,7 +129,7 @@ class Supervisor:
         load_pipeline(config).close()  # a stage that cannot load stops us here, clearly
         self.spool.create(self.producer_gid())
         self.spool.open()
-        config.runtime_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        ensure_runtime_dir(config.runtime_dir)
         self.authkey = self.stats.authkey = ensure_authkey(config.runtime_dir)
         self.recover()
         self.ctx.set_forkserver_preload(["ipspool.forkserver"])
