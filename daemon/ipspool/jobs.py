@@ -32,7 +32,7 @@ from ipspool.intake import Intake
 from ipspool.logs import get_logger
 from ipspool.outage import DiskOutage
 from ipspool.protocol import Alert, ChunkKey, Done, Failed, Lost
-from ipspool.spool import Claimed, InputRejected, Spool
+from ipspool.spool import LEASED, Claimed, InputRejected, Spool
 from ipspool.states import JobState, advance
 
 __all__ = ["Assembly", "CommitPort", "Job", "JobBook"]
@@ -120,6 +120,9 @@ class JobBook:
             try:
                 # O_NONBLOCK: a producer's lease on the file must not stall the loop.
                 fd = os.open(claimed.path, _OPEN_FLAGS)
+            except BlockingIOError:
+                intake.reject(claimed.name, claimed.job_name, InputRejected("leased", LEASED))
+                return None
             except OSError as exc:
                 intake.reject(claimed.name, claimed.job_name,
                               InputRejected("unreadable", f"cannot open: {exc.strerror}"))

@@ -45,6 +45,8 @@ def read_chunk(chunk: Chunk) -> bytes:
         fd = os.open(chunk.path, _FILE_FLAGS)
     except FileNotFoundError:
         raise ChunkFailed("vanished", "the claimed file disappeared from active/") from None
+    except BlockingIOError:
+        raise ChunkFailed("leased", "another process took a lease on it after its claim") from None
     except OSError as exc:
         raise ChunkFailed("unreadable", f"cannot open: {exc.strerror}") from None
     try:

@@ -47,6 +47,7 @@ import orjson
 from ipspool.fsops import rename_noreplace_at, write_all
 
 __all__ = [
+    "LEASED",
     "Claimed",
     "InputRejected",
     "Spool",
@@ -67,7 +68,6 @@ _COPY_PIECE = 64 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NAME_MAX = 255
-_RECORD_MAX = 64 << 10  # an error record we wrote is far smaller; anything larger is not ours
 _NOT_REGULAR = {
     stat.S_IFDIR: "a directory",
     stat.S_IFIFO: "a FIFO",
@@ -76,6 +76,10 @@ _NOT_REGULAR = {
     stat.S_IFBLK: "a block device",
     stat.S_IFLNK: "a symbolic link",
 }
+
+
+LEASED = ("another process holds a lease on it (it still has the file open); "
+          "producers must close the file before renaming it into incoming/")
 
 
 class SpoolError(Exception):
@@ -240,6 +244,7 @@ class Spool:
         self.root = spool_dir
         self.results = results_dir
         self.fds: dict[str, int] = {}
+        self.run = ""  # this run's folder in results/.parts/ (start_run)
         self.abandon = threading.Event()  # set at shutdown: stop copying
 
     # -- setting up -------------------------------------------------------
@@ -285,16 +290,38 @@ class Spool:
         for sub in SUBDIRS:
             self.fds[sub] = _open_dir(self.root / sub)
         self.fds["results"] = _open_dir(self.results)
-        self.fds["parts"] = _open_dir(self.results / PARTS)
+        self.fds["parts"] = self.fds["all_parts"] = _open_dir(self.results / PARTS)
 
     def close(self) -> None:
-        for fd in self.fds.values():
+        for fd in set(self.fds.values()):
             os.close(fd)
         self.fds.clear()
+        self.run = ""
+
+    def start_run(self) -> None:
+        """Give this run of the daemon a parts folder of its own, results/.parts/RUN/.
+
+        Called after recovery emptied results/.parts/. A worker orphaned by an
+        earlier run (its supervisor killed) that finishes a chunk late finds
+        its run's folder gone and cannot leave a part behind; part names of
+        two runs never meet, whatever pids the kernel reuses.
+        """
+        self.run = f"run.{os.getpid()}.{time.time_ns()}"
+        os.mkdir(self.run, mode=0o700, dir_fd=self.fds["all_parts"])
+        self.fds["parts"] = _open_dir(self.results / PARTS / self.run)
+
+    def end_run(self) -> None:
+        """At a clean stop: remove this run's parts folder if nothing is left in it."""
+        if self.run:
+            try:
+                os.rmdir(self.run, dir_fd=self.fds["all_parts"])
+            except OSError:
+                pass  # parts of unfinished files: recovery at the next start removes them
 
     @property
     def parts_dir(self) -> Path:
-        return self.results / PARTS
+        """Where this run's part files go (results/.parts/RUN once ``start_run`` ran)."""
+        return self.results / PARTS / self.run if self.run else self.results / PARTS
 
     # -- naming -----------------------------------------------------------
 
@@ -360,11 +387,7 @@ class Spool:
                 # /proc/sys/fs/lease-break-time (fcntl(2), "Leases"). The
                 # holder still has the file open for writing, like a
                 # producer that writes after its claim: failed/, unread.
-                raise InputRejected(
-                    "leased",
-                    "another process holds a lease on it (it still has the file open); "
-                    "producers must close the file before renaming it into incoming/",
-                ) from None
+                raise InputRejected("leased", LEASED) from None
             raise InputRejected("unreadable", f"cannot open: {exc.strerror}") from None
         try:
             st = os.fstat(fd)
@@ -523,128 +546,3 @@ class Spool:
         fsync_dir(failed_fd)
         fsync_dir(self.fds["active"])
         return str(self.root / "failed" / error_name)
-
-    # -- recovery ---------------------------------------------------------
-
-    def _own_file(self, where: str, entry: str) -> os.stat_result | None:
-        """lstat of ``entry`` if it is a file the daemon could have written: regular, ours, one link."""
-        try:
-            st = os.stat(entry, dir_fd=self.fds[where], follow_symlinks=False)
-        except FileNotFoundError:
-            return None
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
-            return None
-        return st
-
-    def _own_error_record(self, job_name: str) -> bool:
-        """Is failed/JOB.error.json a record the daemon wrote for this job?
-
-        Our own file (as ``_own_file``) holding a JSON object whose ``job`` is
-        this job's name: anything else at that name (an input of an older
-        version named like a record, a file an operator left) is not proof
-        that the job failed.
-        """
-        name = job_name + ERROR_SUFFIX
-        st = self._own_file("failed", name)
-        if st is None or st.st_size > _RECORD_MAX:
-            return False
-        try:
-            fd = os.open(name, _FILE_FLAGS, dir_fd=self.fds["failed"])
-        except OSError:
-            return False
-        try:
-            data = os.read(fd, _RECORD_MAX + 1)
-        finally:
-            os.close(fd)
-        try:
-            info = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return False
-        return isinstance(info, dict) and info.get("job") == printable(job_name)
-
-    def _name_conflicts(self, job_name: str) -> bool:
-        """Does some other entry hold a name derived from this job's (see ``job_entries``)?"""
-        others = [(where, entry) for where, entry in job_entries(job_name) if (where, entry) != ("active", job_name)]
-        return job_name.endswith(ERROR_SUFFIX) or any(_exists(entry, self.fds[where]) for where, entry in others)
-
-    def _clean_unfinished(self) -> None:
-        for entry in os.listdir(self.fds["parts"]):
-            os.unlink(entry, dir_fd=self.fds["parts"])
-        for entry in os.listdir(self.fds["failed"]):
-            if entry.startswith(".") and entry.endswith(".tmp"):
-                os.unlink(entry, dir_fd=self.fds["failed"])
-
-    def recover(self, keep: bool) -> tuple[list[str], list[str], list[str]]:
-        """Finish or undo what a crash interrupted; return (redo, finished, failed).
-
-        - results/.parts/ holds only unfinished work: emptied (before the
-          results are looked at: a result still linked to its part has two
-          links).
-        - active/JOB with failed/JOB.error.json that we wrote for JOB: finish
-          moving it to failed/.
-        - active/JOB with results/JOB.jsonl that we could have written (a
-          regular file of ours with one link): published before the crash,
-          so only step 3 is left to do. Anything else at that name (a
-          symlink, another user's file, a hard link) is not our result: the
-          job fails as ``result_exists``, logged as ``file.failed``, and is
-          in none of the returned lists.
-        - any other active/JOB is processed again; under a new name
-          (``spool.name_conflict``) if some other entry holds one of its
-          derived names, so that nothing of that entry is overwritten.
-
-        A step that fails (ENOSPC: a directory needs a new block on a full
-        disk) leaves that entry in active/, is logged (``spool.recover_failed``)
-        and is tried again at the next start; it never stops the start.
-        """
-        from ipspool.logs import get_logger
-
-        log = get_logger()
-        self._clean_unfinished()
-        redo: list[str] = []
-        finished: list[str] = []
-        failed: list[str] = []
-        renamed = False
-        for job_name in sorted(os.listdir(self.fds["active"])):
-            step = "fail"
-            try:
-                # The error record first: a job that failed as result_exists has
-                # someone else's file at its result name, and a published job
-                # never has an error record.
-                if self._own_error_record(job_name):
-                    rename_noreplace_at(job_name, job_name, self.fds["active"], self.fds["failed"])
-                    failed.append(job_name)
-                elif _exists(job_name + RESULT_SUFFIX, self.fds["results"]):
-                    if self._own_file("results", job_name + RESULT_SUFFIX) is None:
-                        detail = "a file we did not write holds the result name; nothing was overwritten"
-                        error_file = self.fail(job_name, "result_exists", detail, {"file": job_name})
-                        log.error("file.failed", file=printable(job_name), job=printable(job_name),
-                                  reason="result_exists", detail=detail, error_file=printable(error_file))
-                        continue
-                    step = "retire"
-                    self.retire_input(job_name, keep)
-                    finished.append(job_name)
-                elif self._name_conflicts(job_name):
-                    step = "rename"
-                    new_name = self.unique_job_name(job_name)
-                    rename_noreplace_at(job_name, new_name, self.fds["active"], self.fds["active"])
-                    renamed = True
-                    log.warning("spool.name_conflict", file=printable(job_name), job=printable(new_name),
-                                note="another entry holds a name derived from it; processed under the new name")
-                    redo.append(new_name)
-                else:
-                    redo.append(job_name)
-            except OSError as exc:
-                log.error("spool.recover_failed", file=printable(job_name), step=step,
-                          error=exc.strerror or str(exc), note="left in active/; looked at again at the next start")
-        # Destination directories first, active/ last: an input is never
-        # durably gone from active/ while not yet durably where it went.
-        syncs = [("done", keep and bool(finished)), ("failed", bool(failed)),
-                 ("active", bool(finished or failed or renamed))]
-        for where, needed in syncs:
-            if needed:
-                try:
-                    fsync_dir(self.fds[where])
-                except OSError as exc:
-                    log.error("spool.recover_failed", file=f"{where}/", step="sync",
-                              error=exc.strerror or str(exc), note="recovered moves may not survive a power cut")
-        return redo, finished, failed

@@ -41,6 +41,7 @@ from ipspool.outage import DiskOutage
 from ipspool.pipeline import load_pipeline
 from ipspool.pool import ForkserverLauncher, WorkerPool
 from ipspool.protocol import Done, Failed, Halted, Lost, UnitExited
+from ipspool.recovery import recover
 from ipspool.reporting import Picture, Reporter, StatsLink
 from ipspool.spool import Spool, SpoolError, ensure_runtime_dir
 from ipspool.stats import ensure_authkey
@@ -163,7 +164,8 @@ class Supervisor:
             raise ConfigError(self.config_path or "<config>", (f"spool.producer_group: no group {name!r}",)) from None
 
     def recover(self) -> None:
-        redo, finished, failed = self.spool.recover(self.config.spool.keep_processed)
+        redo, finished, failed = recover(self.spool, self.config.spool.keep_processed)
+        self.spool.start_run()
         for job_name in finished:
             self.log.info("file.recovered", file=job_name, action="retired", note="result was published before a stop")
         for job_name in failed:
@@ -184,6 +186,8 @@ class Supervisor:
         if self.reporter.metrics:
             self.reporter.write_metrics(self.picture(), up=False)
         self.notifier.close()
+        if self.spool.fds:
+            self.spool.end_run()
         self.spool.close()
         self.log.info("daemon.stopped", exit_code=int(self.exit_code), **self.reporter.summary())
 

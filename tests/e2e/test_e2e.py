@@ -249,10 +249,10 @@ def test_large_file_parts_are_joined_while_it_is_processed(make_daemon: Callable
     seen: list[int] = []
 
     def assembly_growing_before_the_result() -> bool:
-        assembled = [p for p in parts.iterdir() if p.name.endswith(".assembled")]
+        assembled = [p for p in parts.rglob("*") if p.name.endswith(".assembled")]  # in this run's folder
         if assembled and not d.result_path("growing.txt").exists():
             seen.append(assembled[0].stat().st_size)
-            waiting_parts = [p for p in parts.iterdir() if p.name.endswith(".part")]
+            waiting_parts = [p for p in parts.rglob("*") if p.name.endswith(".part")]
             return len(seen) > 1 and seen[-1] > seen[0] and len(waiting_parts) < 20
         return False
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ipspool.recovery import recover
 from ipspool.spool import Spool
 from tests.support.daemon import Daemon, wait_for
 from tests.support.spoolcheck import (
@@ -348,7 +349,7 @@ def test_recovery_retires_published_finishes_failed_redoes_the_rest_and_cleans_p
         (tmp_path / "spool" / "failed" / "failing.error.json").write_text('{"job": "failing", "reason": "too_large"}')
         (tmp_path / "results" / ".parts" / "123.1.0.part").write_text("half")
         (tmp_path / "spool" / "failed" / ".failing.999.tmp").write_text("{")
-        redo, finished, failed = spool.recover(keep=True)
+        redo, finished, failed = recover(spool, keep=True)
         assert (redo, finished, failed) == (["interrupted"], ["published"], ["failing"])
         assert (tmp_path / "spool" / "done" / "published").exists()
         assert (tmp_path / "results" / "published.jsonl").read_text() == '{"line": 1}\n'  # untouched
@@ -357,7 +358,7 @@ def test_recovery_retires_published_finishes_failed_redoes_the_rest_and_cleans_p
         assert not os.listdir(tmp_path / "results" / ".parts")
         assert sorted(os.listdir(tmp_path / "spool" / "failed")) == ["failing", "failing.error.json"]
         (tmp_path / "results" / "interrupted.jsonl").write_text("")
-        assert spool.recover(keep=False) == ([], ["interrupted"], [])
+        assert recover(spool, keep=False) == ([], ["interrupted"], [])
         assert not (tmp_path / "spool" / "done" / "interrupted").exists()  # keep_processed=false: deleted
     finally:
         spool.close()

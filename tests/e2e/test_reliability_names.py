@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from ipspool.recovery import recover
 from ipspool.spool import ERROR_SUFFIX, Spool
 from tests.support.daemon import Daemon, wait_for
 from tests.support.spoolcheck import crash_supervisor, wait_ready
@@ -132,7 +133,7 @@ def test_recovery_trusts_only_an_error_record_that_names_the_job(spool: Spool) -
     (spool.root / "active" / "c").write_text("1.1.1.1\n")
     (spool.root / "failed" / "c.error.json").write_text(json.dumps({"job": "c", "reason": "poison"}))
     with capture_logs() as logs:
-        redo, finished, failed = spool.recover(keep=True)
+        redo, finished, failed = recover(spool, keep=True)
     assert (sorted(redo), finished, failed) == (["a.1", "b.1"], [], ["c"])
     assert (spool.root / "failed" / "a.error.json").read_text() == "9.9.9.9\n"  # untouched
     assert (spool.root / "active" / "a.1").read_text() == "1.1.1.1\n"
@@ -144,7 +145,7 @@ def test_recovery_trusts_only_an_error_record_that_names_the_job(spool: Spool) -
 def test_recovery_renames_a_job_of_an_older_version_named_like_a_record(spool: Spool) -> None:
     """active/a.error.json (claimed by an older version) is redone under a name that is no record's."""
     (spool.root / "active" / "a.error.json").write_text("1.1.1.1\n")
-    redo, _, _ = spool.recover(keep=True)
+    redo, _, _ = recover(spool, keep=True)
     assert redo == ["a.error.json.1"]
     assert (spool.root / "active" / "a.error.json.1").read_text() == "1.1.1.1\n"
 

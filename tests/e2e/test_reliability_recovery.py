@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from ipspool.protocol import Done
+from ipspool.recovery import recover
 from ipspool.spool import Spool
 from ipspool.supervisor import Supervisor
 from tests.support.daemon import Daemon, wait_for
@@ -53,7 +55,7 @@ def test_recovery_fails_a_job_whose_result_name_holds_a_file_we_did_not_write(
     (spool.root / "active" / "x.txt").write_text("1.1.1.1\n")
     plant(kind, spool.results / "x.txt.jsonl", tmp_path)
     with capture_logs() as logs:
-        assert spool.recover(keep=True) == ([], [], [])
+        assert recover(spool, keep=True) == ([], [], [])
     assert not (spool.root / "done" / "x.txt").exists()
     assert (spool.root / "failed" / "x.txt").read_text() == "1.1.1.1\n"
     record = json.loads((spool.root / "failed" / "x.txt.error.json").read_text())
@@ -67,7 +69,7 @@ def test_recovery_retires_a_result_of_ours(spool: Spool) -> None:
     """A regular single-link file of ours is taken as published: retired, not redone."""
     (spool.root / "active" / "y.txt").write_text("1.1.1.1\n")
     (spool.results / "y.txt.jsonl").write_text('{"line": 1}\n')
-    assert spool.recover(keep=True) == ([], ["y.txt"], [])
+    assert recover(spool, keep=True) == ([], ["y.txt"], [])
     assert (spool.root / "done" / "y.txt").exists()
 
 
@@ -189,13 +191,12 @@ def test_recovery_leaves_an_entry_it_cannot_move_and_goes_on(spool: Spool, monke
 
     monkeypatch.setattr(spool_module, "rename_noreplace_at", rename)
     with capture_logs() as logs:
-        assert spool.recover(keep=True) == ([], ["b"], [])
+        assert recover(spool, keep=True) == ([], ["b"], [])
     (event,) = [e for e in logs if e["event"] == "spool.recover_failed"]
     assert event["file"] == "a" and event["step"] == "retire"
     assert (spool.root / "active" / "a").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="needs the commit path in supervisor.py to catch OSError from retire_input")
 def test_commit_survives_enospc_retiring_an_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The result is published; the input cannot move to done/: spool.retire_failed, the loop goes on."""
     from ipspool.config import load_config
@@ -207,24 +208,29 @@ def test_commit_survives_enospc_retiring_an_input(tmp_path: Path, monkeypatch: p
     supervisor.spool.open()
     try:
         (tmp_path / "spool" / "incoming" / "one").write_bytes(b"1.2.3.4\n")
-        job_name = supervisor.spool.claim("one")
-        assert job_name is not None
-        job = supervisor.open_job("one", job_name)
+        supervisor.intake.offer("one", 0.0)
+        claim = supervisor.intake.claim_next()
+        assert claim is not None
+        claimed = supervisor.intake.inspect(*claim)
+        assert claimed is not None
+        job = supervisor.book.open_job(claimed, supervisor.intake)
         assert job is not None
+        chunk = supervisor.book.split_next(job)
+        assert chunk is not None
+        job.outstanding[chunk.index] = chunk
         part = supervisor.spool.part_path("x.0.part")
         Path(part).write_bytes(b'{"line":1}\n')
-        job.parts[0], job.total = part, 1
-        supervisor.queue_commit(job)
+        supervisor.book.on_done(Done(chunk.key, part, {"lines": 1}))
 
         def no_space(*_args: object) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
         monkeypatch.setattr(supervisor.spool, "retire_input", no_space)
         with capture_logs() as logs:
-            supervisor.commit()
+            supervisor.committer.commit()
         assert any(e["event"] == "spool.retire_failed" for e in logs)
         assert (tmp_path / "spool" / "results" / "one.jsonl").exists()
         assert (tmp_path / "spool" / "active" / "one").exists()
     finally:
-        supervisor.assembler.shutdown()
+        supervisor.committer.assembler.shutdown()
         supervisor.spool.close()

@@ -50,7 +50,6 @@ def test_ensure_runtime_dir_says_what_is_wrong(tmp_path: Path, where: str) -> No
         ensure_runtime_dir(path[where])
 
 
-@pytest.mark.xfail(strict=True, reason="needs Supervisor.start to call spool.ensure_runtime_dir")
 def test_run_with_a_runtime_dir_that_cannot_be_created_exits_5(tmp_path: Path) -> None:
     """`ipspool run`: daemon.spool_error and exit 5, no traceback."""
     (tmp_path / "file").write_text("")

@@ -72,3 +72,16 @@ def _make_closure() -> Any:
 
 
 closure = _make_closure()
+
+
+class _InlineSlow:
+    """A CPU-ish stage that says it does not block: runs inline, 10 ms per address."""
+
+    blocking = False
+
+    def __call__(self, address: Address) -> dict[str, Any]:
+        time.sleep(0.01)
+        return {"inline_slow": True}
+
+
+inline_slow = _InlineSlow()
