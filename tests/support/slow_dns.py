@@ -55,6 +55,9 @@ def _encode(name: str) -> bytes:
     return b"".join(bytes([len(label)]) + label.encode() for label in name.split(".")) + b"\0"
 
 
+_EXAMPLE_TEST = b"\x07example\x04test\x00"
+
+
 def _labels(data: bytes, at: int) -> tuple[list[bytes], int]:
     labels = []
     while True:
@@ -65,13 +68,15 @@ def _labels(data: bytes, at: int) -> tuple[list[bytes], int]:
         at += 1 + length
 
 
-def _ptr_for(labels: list[bytes]) -> str | None:
+def _ptr_for(labels: list[bytes]) -> bytes | None:
+    """The wire-form PTR target for a reverse name's labels."""
+    if len(labels) == 6 and labels[5].lower() == b"arpa" and labels[4].lower() == b"in-addr":
+        host = b"host-" + b"-".join((labels[3], labels[2], labels[1], labels[0]))
+        return bytes([len(host)]) + host + _EXAMPLE_TEST
     lowered = [label.lower() for label in labels]
-    if lowered[-2:] == [b"in-addr", b"arpa"] and len(lowered) == 6:
-        return expected_ptr(".".join(label.decode() for label in reversed(lowered[:4])))
     if lowered[-2:] == [b"ip6", b"arpa"] and len(lowered) == 34:
         nibbles = "".join(label.decode() for label in reversed(lowered[:32]))
-        return expected_ptr(str(ipaddress.IPv6Address(int(nibbles, 16))))
+        return _encode(expected_ptr(str(ipaddress.IPv6Address(int(nibbles, 16)))))
     return None
 
 
@@ -164,8 +169,7 @@ class SlowDns:
             rcode = 3 if mode == "nxdomain" else 0
             return [_HEADER.pack(qid, 0x8180 | rcode, 1, 0, 1, 0) + question + rr]
         if rdtype == _PTR:
-            target = _ptr_for(labels)
-            data = _encode(target) if target else None
+            data = _ptr_for(labels)
         elif rdtype in (_A, _AAAA):
             data = _address_for(labels, rdtype)
         else:

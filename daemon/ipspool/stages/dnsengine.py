@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
@@ -65,13 +65,30 @@ class Answer:
     ttl: float | None = None
 
 
-Callback = Callable[[Answer], None]
+class _Batch:
+    """The answers one ``resolve`` call waits for; filled by the engine thread only."""
+
+    __slots__ = ("answers", "done", "left")
+
+    def __init__(self, size: int) -> None:
+        self.answers: list[Answer | None] = [None] * size
+        self.left = size
+        self.done = threading.Event()
+
+    def put(self, slot: int, answer: Answer) -> None:
+        self.answers[slot] = answer
+        self.left -= 1
+        if self.left == 0:
+            self.done.set()
+
+
+Waiter = tuple[_Batch, int]
 
 
 @dataclass(eq=False, slots=True)
 class _Lookup:
     question: bytes
-    waiters: list[Callback]
+    waiters: list[Waiter]
     servers: list[int]
     rounds_left: int
     index: int = 0
@@ -144,7 +161,7 @@ class Engine:
         self.rate_limit = rate_limit
         self.sent = 0          # queries sent (UDP and TCP), read by the stats
         self.coalesced = 0     # questions that joined a lookup already in flight
-        self._inbox: deque[tuple[bytes, Callback]] = deque()
+        self._inbox: deque[tuple[bytes, _Batch, int]] = deque()
         self._finished: deque[tuple[_Lookup, int, dnswire.Reply | None, str]] = deque()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -158,25 +175,11 @@ class Engine:
         """Answers to every question (``dnswire.question_bytes``), in order; blocks."""
         if not questions:
             return []
-        answers: list[Answer | None] = [None] * len(questions)
-        left = [len(questions)]
-        done = threading.Event()
-        guard = threading.Lock()
-
-        def setter(slot: int) -> Callback:
-            def set_answer(answer: Answer) -> None:
-                answers[slot] = answer
-                with guard:
-                    left[0] -= 1
-                    if left[0] == 0:
-                        done.set()
-            return set_answer
-
-        for slot, question in enumerate(questions):
-            self._inbox.append((question, setter(slot)))
+        batch = _Batch(len(questions))
+        self._inbox.extend((question, batch, slot) for slot, question in enumerate(questions))
         self._wake()
-        done.wait()
-        return [answer if answer is not None else Answer(ERROR) for answer in answers]
+        batch.done.wait()
+        return [answer if answer is not None else Answer(ERROR) for answer in batch.answers]
 
     def _wake(self) -> None:
         self._start()
@@ -289,16 +292,16 @@ class _Loop:
         inbox = self.engine._inbox
         count = len(self.servers)
         while inbox:
-            question, callback = inbox.popleft()
+            question, batch, slot = inbox.popleft()
             lookup = self.inflight.get(question)
             if lookup is not None:
-                lookup.waiters.append(callback)  # coalesced: one query for all who ask
+                lookup.waiters.append((batch, slot))  # coalesced: one query for all who ask
                 self.engine.coalesced += 1
                 continue
             start = self.engine._rotation % count
             self.engine._rotation += 1
             order = [(start + i) % count for i in range(count)]
-            lookup = _Lookup(question, [callback], order, self.engine.rounds)
+            lookup = _Lookup(question, [(batch, slot)], order, self.engine.rounds)
             self.inflight[question] = lookup
             self.advance(lookup)
 
@@ -396,8 +399,8 @@ class _Loop:
 
     def finish(self, lookup: _Lookup, answer: Answer) -> None:
         del self.inflight[lookup.question]
-        for waiter in lookup.waiters:
-            waiter(answer)
+        for batch, slot in lookup.waiters:
+            batch.put(slot, answer)
 
     def advance(self, lookup: _Lookup) -> None:
         """Queue the lookup for its next server, start its next round, or end it."""
@@ -463,7 +466,8 @@ class _Loop:
             self.finish(lookup, Answer(ERROR))
         inbox = self.engine._inbox
         while inbox:
-            inbox.popleft()[1](Answer(ERROR))
+            _, batch, slot = inbox.popleft()
+            batch.put(slot, Answer(ERROR))
 
 
 def _recv_exactly(sock: socket.socket, size: int) -> bytes:

@@ -120,35 +120,32 @@ def query_bytes(qid: int, question: bytes) -> bytes:
 
 
 def _read_name(data: bytes, at: int) -> tuple[bytes, int]:
-    """The name at ``at`` as lower-case dotted bytes (no final dot), and the
+    """The name at ``at`` as dotted bytes (no final dot; case kept), and the
     offset after it in the record; compression pointers are followed."""
     labels: list[bytes] = []
     end = -1
     hops = 0
     size = len(data)
-    while True:
-        if at >= size:
-            raise WireError("name runs past the end")
+    while at < size:
         length = data[at]
-        if length >= 0xC0:
-            if at + 1 >= size:
-                raise WireError("truncated pointer")
-            if end < 0:
-                end = at + 2
-            hops += 1
-            if hops > 64:
-                raise WireError("compression loop")
-            at = ((length & 0x3F) << 8) | data[at + 1]
-            continue
-        if length >= 0x40:
-            raise WireError("unknown label type")
         if length == 0:
             return b".".join(labels), (end if end >= 0 else at + 1)
-        label = data[at + 1:at + 1 + length]
-        if len(label) != length:
-            raise WireError("label runs past the end")
-        labels.append(label)
-        at += 1 + length
+        if length < 0x40:
+            stop = at + 1 + length
+            if stop > size:
+                raise WireError("label runs past the end")
+            labels.append(data[at + 1:stop])
+            at = stop
+            continue
+        if length < 0xC0 or at + 1 >= size:
+            raise WireError("unknown label type or truncated pointer")
+        if end < 0:
+            end = at + 2
+        hops += 1
+        if hops > 64:
+            raise WireError("compression loop")
+        at = ((length & 0x3F) << 8) | data[at + 1]
+    raise WireError("name runs past the end")
 
 
 def _label_text(label: bytes) -> str:
@@ -191,6 +188,10 @@ def parse_reply(data: bytes, qid: int, question: bytes) -> Reply | None:  # noqa
         return None  # someone else's question: not an answer to us
     if truncated or rcode not in (NOERROR, NXDOMAIN):
         return Reply(rcode, truncated)
+    if rcode == NOERROR and ancount and not nscount:
+        fast = _simple_answer(data, end, ancount, question)
+        if fast is not None:
+            return fast
     rrsets: dict[tuple[bytes, int], tuple[list[bytes | str], int]] = {}
     at = end
     for _ in range(ancount):
@@ -210,6 +211,41 @@ def parse_reply(data: bytes, qid: int, question: bytes) -> Reply | None:  # noqa
         return Reply(rcode, False, (), 0.0, negative)
     values, ttl = _follow(rrsets, question)
     return Reply(rcode, False, values, ttl, negative)
+
+
+_SAFE_NAME = re.compile(rb"[A-Za-z0-9_*-]+(?:\.[A-Za-z0-9_*-]+)*")
+_POINTER_TO_QUESTION = b"\xc0\x0c"
+
+
+def _simple_answer(data: bytes, at: int, ancount: int, question: bytes) -> Reply | None:
+    """The common reply read fast: every answer record is of the asked type and
+    owned by the question's name through a pointer to it (offset 12). None:
+    anything else (a CNAME, another owner), for the general reader."""
+    rdtype = question[-4] << 8 | question[-3]
+    values: list[str] = []
+    ttl = 0x7FFFFFFF
+    size = len(data)
+    for _ in range(ancount):
+        if data[at:at + 2] != _POINTER_TO_QUESTION or at + 12 > size:
+            return None
+        rr_type, _cls, rr_ttl, length = _RR.unpack_from(data, at + 2)
+        start = at + 12
+        at = start + length
+        if rr_type != rdtype or at > size:
+            return None
+        ttl = min(ttl, rr_ttl & 0x7FFFFFFF)
+        if rdtype == PTR:
+            dotted, _ = _read_name(data, start)
+            values.append(dotted.decode("ascii") if _SAFE_NAME.fullmatch(dotted) else _name_text(dotted))
+        elif rdtype == A and length == 4:
+            values.append(socket.inet_ntop(socket.AF_INET, data[start:at]))
+        elif rdtype == AAAA and length == 16:
+            values.append(socket.inet_ntop(socket.AF_INET6, data[start:at]))
+        else:
+            return None
+    if rdtype == PTR:
+        values.sort()
+    return Reply(NOERROR, False, tuple(values), float(ttl), None)
 
 
 def _unpack_rr(data: bytes, at: int) -> tuple[int, int, int, int]:

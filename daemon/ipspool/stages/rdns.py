@@ -68,6 +68,8 @@ FAILURE_TTL = 30.0
 MAX_TTL = 86400.0
 RESOLV_CONF = "/etc/resolv.conf"
 STATE_SUBDIR = ".state"
+_WRITE_ROWS = 4096    # answers queued for the disk cache before a write
+_WRITE_EVERY = 1.0    # seconds an answer may wait for its write
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +187,9 @@ class RdnsStage:
         self._disk: DiskCache | None = None
         self._disk_lock = threading.Lock()
         self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._unwritten: list[tuple[str, str | None, str, bool | None, float]] = []
+        self._written = time.monotonic()
         self._counts_lock = threading.Lock()
         self.counts: Counter[str] = Counter()
 
@@ -377,19 +382,40 @@ class RdnsStage:
         return found
 
     def _disk_put(self, rows: Sequence[tuple[str, Fields, float]]) -> None:
-        disk = self._disk_cache()
-        if disk is None:
+        """Queue answers for the disk; written in transactions of many batches
+        (one write per batch costs twice as much), or after a second."""
+        if self._disk_dir is None and self._disk is None:
             return
         confirm = self.forward_confirm
+        with self._write_lock:
+            self._unwritten.extend(
+                (ip, fields["ptr"], fields["rdns"], fields.get("ptr_confirmed") if confirm else None,
+                 min(ttl, MAX_TTL)) for ip, fields, ttl in rows)
+            due = len(self._unwritten) >= _WRITE_ROWS or time.monotonic() - self._written >= _WRITE_EVERY
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued answers to the disk cache now."""
+        with self._write_lock:
+            rows, self._unwritten = self._unwritten, []
+            self._written = time.monotonic()
+        disk = self._disk_cache() if rows else None
+        if disk is None:
+            return
         try:
-            disk.put_many((ip, fields["ptr"], fields["rdns"], fields.get("ptr_confirmed") if confirm else None,
-                           min(ttl, MAX_TTL)) for ip, fields, ttl in rows)
+            disk.put_many(rows)
         except sqlite3.Error as exc:
             with self._disk_lock:
                 self._disk_failed(exc)
 
+    def refresh(self) -> None:
+        """Called by the worker every few seconds: queued answers reach the disk even when idle."""
+        self.flush()
+
     def close(self) -> None:
         self.engine.close()
+        self.flush()
         self.cache.clear()
         with self._disk_lock:
             disk, self._disk = self._disk, None

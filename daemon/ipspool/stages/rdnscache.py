@@ -32,7 +32,6 @@ CREATE TABLE IF NOT EXISTS rdns (
     confirmed INTEGER,
     expires REAL NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS rdns_expires ON rdns (expires);
 """
 _CHUNK: Final = 500  # addresses per SELECT ... IN (...)
 _TRIM_TO: Final = 0.9  # a trim leaves the table at this share of max_entries
@@ -55,6 +54,8 @@ class DiskCache:
         self._db.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
             self._db.executescript(_SCHEMA)
+        # No index on expires: it would double the cost of every write, and only
+        # a trim (rare: once the table is full) reads in that order.
         # Rows this worker may have added since the table was last counted.
         self._added = 0
         self._counted = self._count()
