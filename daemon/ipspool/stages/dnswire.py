@@ -166,7 +166,7 @@ def _name_text(dotted: bytes) -> str:
     return ".".join(_label_text(label) for label in dotted.split(b".")) if dotted else "."
 
 
-def parse_reply(data: bytes, qid: int, question: bytes) -> Reply | None:  # noqa: PLR0911
+def parse_reply(data: bytes, qid: int, question: bytes) -> Reply | None:  # noqa: PLR0911, PLR0912
     """The reply, if ``data`` answers query ``qid`` with ``question``; None if not ours.
 
     Raises WireError for a reply with our id that cannot be read.
