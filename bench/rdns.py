@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from bench.procstat import cpu_seconds
 from bench.systems import DaemonRunner, _bench_env, running_daemon
 
 __all__ = ["main"]
@@ -46,8 +47,8 @@ SYSTEMS = {"old": ("classify", "bench.legacy_rdns:rdns"), "new": ("classify", "r
 
 
 @contextmanager
-def nameserver(delay_ms: float) -> Iterator[str]:
-    """The delaying nameserver in a subprocess; its "127.0.0.1:port"."""
+def nameserver(delay_ms: float) -> Iterator[tuple[str, int]]:
+    """The delaying nameserver in a subprocess; its "127.0.0.1:port" and pid."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.slow_dns", "--delay", str(delay_ms / 1000)],
         stdout=subprocess.PIPE, env=_bench_env(), start_new_session=True,
@@ -55,7 +56,7 @@ def nameserver(delay_ms: float) -> Iterator[str]:
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
-        yield f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}", proc.pid
     finally:
         proc.terminate()
         proc.wait(10)
@@ -82,6 +83,18 @@ def expected(ip: str) -> str:
     return "host-" + ip.replace(".", "-") + ".example.test"
 
 
+def daemon_cpu(daemon: DaemonRunner) -> float:
+    """CPU seconds used so far by every process of the daemon (supervisor, workers, stats)."""
+    assert daemon.proc is not None
+    total = 0.0
+    for pid in [daemon.proc.pid, *(p for pids in daemon.pids().values() for p in pids)]:
+        try:
+            total += cpu_seconds(pid)
+        except OSError:
+            continue
+    return total
+
+
 def run_file(daemon: DaemonRunner, src: Path, ips: list[str], timeout: float = 900.0) -> float:
     """Drop one file, wait for its result, check every record; the seconds it took."""
     [(tmp, incoming, result)] = daemon.stage((src,))
@@ -106,8 +119,10 @@ def run_file(daemon: DaemonRunner, src: Path, ips: list[str], timeout: float = 9
 
 def bench_latency(work: Path, delay_ms: float, sizes: dict[str, int], repeats: int) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str], list[float]] = {}
+    cpu: dict[tuple[str, str], list[tuple[float, float]]] = {}  # (daemon, server) CPU us per lookup
+    load = os.getloadavg()[0]
     with ExitStack() as stack:
-        ns = stack.enter_context(nameserver(delay_ms))
+        ns, server_pid = stack.enter_context(nameserver(delay_ms))
         os.environ["BENCH_RDNS_NAMESERVER"] = ns  # read by bench.legacy_rdns in the old daemon's workers
         daemons = {}
         for system, stages in SYSTEMS.items():
@@ -121,24 +136,35 @@ def bench_latency(work: Path, delay_ms: float, sizes: dict[str, int], repeats: i
                 src = work / f"{system}-{delay_ms:g}ms-{rep}.txt"
                 src.write_text("".join(ip + "\n" for ip in ips))
                 for phase in ("cold", "warm"):
+                    before = daemon_cpu(daemon), cpu_seconds(server_pid)
                     took = run_file(daemon, src, ips)
+                    after = daemon_cpu(daemon), cpu_seconds(server_pid)
                     rows.setdefault((system, phase), []).append(took)
+                    cpu.setdefault((system, phase), []).append(
+                        ((after[0] - before[0]) * 1e6 / len(ips), (after[1] - before[1]) * 1e6 / len(ips)))
                     print(f"  {delay_ms:>5g} ms {system} {phase} run {rep + 1}: {len(ips) / took:>10,.0f} lookups/s",
                           file=sys.stderr, flush=True)
     return [{"latency_ms": delay_ms, "system": system, "phase": phase, "lines": sizes[system],
              "runs": runs, "median_s": statistics.median(runs),
-             "lookups_per_s": sizes[system] / statistics.median(runs)}
+             "lookups_per_s": sizes[system] / statistics.median(runs),
+             "daemon_cpu_us": statistics.median(c[0] for c in cpu[(system, phase)]),
+             "server_cpu_us": statistics.median(c[1] for c in cpu[(system, phase)]),
+             "load_before": load}
             for (system, phase), runs in rows.items()]
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| latency | stage | lines | cold lookups/s | warm lookups/s |", "|---:|---|---:|---:|---:|"]
+    lines = ["| latency | stage | lines | cold lookups/s | warm lookups/s | cold CPU us/lookup: daemon + server "
+             "| warm CPU us/lookup: daemon |", "|---:|---|---:|---:|---:|---:|---:|"]
     seen: dict[tuple[float, str], dict[str, Any]] = {}
     for r in rows:
-        seen.setdefault((r["latency_ms"], r["system"]), {"lines": r["lines"]})[r["phase"]] = r["lookups_per_s"]
+        seen.setdefault((r["latency_ms"], r["system"]), {"lines": r["lines"]})[r["phase"]] = r
     for (latency, system), r in sorted(seen.items(), key=lambda kv: (kv[0][0], kv[0][1] != "old")):
         name = "old (blocking)" if system == "old" else "new (engine)"
-        lines.append(f"| {latency:g} ms | {name} | {r['lines']:,} | {r['cold']:,.0f} | {r['warm']:,.0f} |")
+        cold, warm = r["cold"], r["warm"]
+        lines.append(f"| {latency:g} ms | {name} | {r['lines']:,} | {cold['lookups_per_s']:,.0f} | "
+                     f"{warm['lookups_per_s']:,.0f} | {cold['daemon_cpu_us']:.0f} + {cold['server_cpu_us']:.0f} | "
+                     f"{warm['daemon_cpu_us']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

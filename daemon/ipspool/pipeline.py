@@ -176,7 +176,8 @@ class Pipeline:
             try:
                 fields = subject.fields(stage, takes_parsed)
                 if fields is not None:
-                    record.update(_checked(fields))
+                    # The fast-path built-ins return fixed, non-reserved fields.
+                    record.update(fields if takes_parsed else _checked(fields))
             except Exception as exc:  # noqa: BLE001 - one address's failure must not sink the file
                 errors[name] = f"{type(exc).__name__}: {exc}"[:_INPUT_PREVIEW]
         if errors:

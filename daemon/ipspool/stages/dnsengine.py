@@ -22,6 +22,7 @@ Concurrent lookups of the same question share one query (coalescing).
 
 from __future__ import annotations
 
+import array
 import os
 import select
 import socket
@@ -95,6 +96,7 @@ class _Lookup:
     timed_out: list[int] = field(default_factory=list)
     failures: set[str] = field(default_factory=set)
     server: int = -1
+    wire: bytes = b""  # the query after its id: flags, counts, question
 
 
 class _Bucket:
@@ -131,16 +133,12 @@ class _Ids:
     """Unpredictable 16-bit query ids, read from the kernel's CSPRNG in bulk."""
 
     def __init__(self) -> None:
-        self._buffer = b""
-        self._at = 0
+        self._ids: list[int] = []
 
     def next(self) -> int:
-        if self._at >= len(self._buffer):
-            self._buffer = os.urandom(8192)
-            self._at = 0
-        value = self._buffer[self._at] << 8 | self._buffer[self._at + 1]
-        self._at += 2
-        return value
+        if not self._ids:
+            self._ids = list(array.array("H", os.urandom(8192)))
+        return self._ids.pop()
 
 
 class Engine:
@@ -298,10 +296,14 @@ class _Loop:
                 lookup.waiters.append((batch, slot))  # coalesced: one query for all who ask
                 self.engine.coalesced += 1
                 continue
-            start = self.engine._rotation % count
-            self.engine._rotation += 1
-            order = [(start + i) % count for i in range(count)]
+            if count == 1:
+                order = [0]
+            else:
+                start = self.engine._rotation % count
+                self.engine._rotation += 1
+                order = [(start + i) % count for i in range(count)]
             lookup = _Lookup(question, [(batch, slot)], order, self.engine.rounds)
+            lookup.wire = dnswire.query_bytes(0, question)[2:]
             self.inflight[question] = lookup
             self.advance(lookup)
 
@@ -336,7 +338,7 @@ class _Loop:
                 while (fd << 16 | qid) in self.pending:
                     qid = self.ids.next()
                 try:
-                    sock.send(dnswire.query_bytes(qid, lookup.question))
+                    sock.send(qid.to_bytes(2, "big") + lookup.wire)
                 except BlockingIOError:
                     queue.appendleft(lookup)
                     bucket.tokens += 1.0
