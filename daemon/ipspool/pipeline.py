@@ -190,15 +190,17 @@ class Pipeline:
             if callable(closer):
                 closer()
 
-    def prefetch(self, lines: Sequence[bytes], first_line: int, counts: Counts) -> None:
+    def prefetch(self, lines: Sequence[bytes], first_line: int, counts: Counts,
+                 beat: Callable[[], None] | None = None) -> None:
         """Let batch stages resolve the addresses of these lines at once, before
-        ``process_lines`` asks for them one by one (on this same thread)."""
+        ``process_lines`` asks for them one by one (on this same thread).
+        ``beat`` reports progress while a stage waits (the worker's heartbeat)."""
         if not self._prefetchers:
             return
         addresses = valid_addresses(lines, first_line, self.max_line_bytes)
         for stage in self._prefetchers:
             try:
-                counts.update(stage.prefetch(addresses))  # type: ignore[attr-defined]
+                counts.update(stage.prefetch(addresses, beat))  # type: ignore[attr-defined]
             except Exception:  # noqa: BLE001, S110 - the per-address calls will still answer
                 pass
 

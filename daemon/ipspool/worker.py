@@ -290,11 +290,15 @@ class Worker:
             doomed = state.failure is not None
         try:
             if not doomed:
-                with self.progress_lock:
-                    self.progress[me] = self.clock.monotonic()
+                def waiting() -> None:
+                    with self.progress_lock:
+                        self.progress[me] = self.clock.monotonic()
+
+                waiting()
                 # Batch stages (rdns) resolve every address of the batch at
                 # once; the per-address calls below then find them waiting.
-                self.pipeline.prefetch(lines, first, counts)
+                # A wait held up by the rate limit still counts as progress.
+                self.pipeline.prefetch(lines, first, counts, waiting)
             for at in range(0, 0 if doomed else len(lines), _PROGRESS_STEP):
                 with self.progress_lock:
                     self.progress[me] = self.clock.monotonic()

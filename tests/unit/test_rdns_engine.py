@@ -351,3 +351,17 @@ def test_reverse_names_match_dnspython() -> None:
         version = ipaddress.ip_address(ip).version
         ours = dnswire.reverse_name(ip, version)
         assert ours == dns.reversename.from_address(ip).to_wire()
+
+
+def test_a_rate_limited_batch_reports_progress_but_a_silent_wait_does_not(stages: list[RdnsStage]) -> None:
+    """The worker's heartbeat: beat while queries keep going out, not while nothing moves."""
+    beats: list[float] = []
+    with SlowDns() as server:
+        stage = keep(stages, make_stage(server, rate_limit=20.0))
+        stage.prefetch(parsed(*addresses(50)), lambda: beats.append(time.monotonic()))
+        assert len(beats) >= 1
+    beats.clear()
+    with SlowDns(mode="silent") as silent:
+        stage = keep(stages, make_stage(silent, timeout=2.5))
+        stage.prefetch(parsed("192.0.2.1"), lambda: beats.append(time.monotonic()))
+        assert len(beats) <= 1  # the send, then 2.5 s of nothing

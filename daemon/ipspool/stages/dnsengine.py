@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
@@ -47,6 +47,7 @@ ERROR: Final = "error"
 _SOCKETS_PER_SERVER: Final = 4
 _RECV_BURST: Final = 512
 _TCP_THREADS: Final = 4
+_BEAT_EVERY: Final = 1.0  # seconds between progress reports of a waiting resolve()
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,7 @@ class Engine:
         self.rate_limit = rate_limit
         self.sent = 0          # queries sent (UDP and TCP), read by the stats
         self.coalesced = 0     # questions that joined a lookup already in flight
+        self.finished = 0      # lookups ended (answered, failed or timed out)
         self._inbox: deque[tuple[bytes, _Batch, int]] = deque()
         self._finished: deque[tuple[_Lookup, int, dnswire.Reply | None, str]] = deque()
         self._lock = threading.Lock()
@@ -169,14 +171,25 @@ class Engine:
 
     # -- the callers' side ---------------------------------------------------
 
-    def resolve(self, questions: Sequence[bytes]) -> list[Answer]:
-        """Answers to every question (``dnswire.question_bytes``), in order; blocks."""
+    def resolve(self, questions: Sequence[bytes], beat: Callable[[], None] | None = None) -> list[Answer]:
+        """Answers to every question (``dnswire.question_bytes``), in order; blocks.
+
+        While it waits, ``beat`` is called every second in which the engine
+        sent or finished something: a batch held up by the rate limit is
+        progress, an engine that stopped moving is not.
+        """
         if not questions:
             return []
         batch = _Batch(len(questions))
         self._inbox.extend((question, batch, slot) for slot, question in enumerate(questions))
         self._wake()
-        batch.done.wait()
+        moved = self.sent + self.finished
+        while not batch.done.wait(_BEAT_EVERY):
+            now_moved = self.sent + self.finished
+            thread = self._thread
+            if beat is not None and now_moved != moved and thread is not None and thread.is_alive():
+                beat()
+            moved = now_moved
         return [answer if answer is not None else Answer(ERROR) for answer in batch.answers]
 
     def _wake(self) -> None:
@@ -401,6 +414,7 @@ class _Loop:
 
     def finish(self, lookup: _Lookup, answer: Answer) -> None:
         del self.inflight[lookup.question]
+        self.engine.finished += 1
         for batch, slot in lookup.waiters:
             batch.put(slot, answer)
 

@@ -226,9 +226,10 @@ class RdnsStage:
 
     # -- per batch ---------------------------------------------------------------
 
-    def prefetch(self, parsed: Sequence[ParsedAddress]) -> Counter[str]:
+    def prefetch(self, parsed: Sequence[ParsedAddress], beat: Callable[[], None] | None = None) -> Counter[str]:
         """Resolve a batch's addresses at once; the per-address calls that follow
-        on this thread find them waiting. Returns the batch's cache counts."""
+        on this thread find them waiting. Returns the batch's cache counts.
+        ``beat`` is called now and then while the engine makes progress on them."""
         wanted = {p[0]: p[1] for p in parsed}
         results: dict[str, Fields] = {}
         missing: list[str] = []
@@ -244,7 +245,7 @@ class RdnsStage:
             missing = [ip for ip in missing if ip not in on_disk]
         if missing:
             try:
-                resolved = self._resolve_many([(ip, wanted[ip]) for ip in missing])
+                resolved = self._resolve_many([(ip, wanted[ip]) for ip in missing], beat)
             except Exception as exc:  # noqa: BLE001 - a result, never an exception
                 structlog.get_logger().warning("rdns.lookup_failed", ip=missing[0],
                                                error=f"{type(exc).__name__}: {exc}")
@@ -295,10 +296,12 @@ class RdnsStage:
             return self.negative_ttl if answer.ttl is None else min(answer.ttl, self.negative_ttl)
         return FAILURE_TTL
 
-    def _resolve_many(self, items: Sequence[tuple[str, int]]) -> list[tuple[Fields, float]]:
+    def _resolve_many(
+        self, items: Sequence[tuple[str, int]], beat: Callable[[], None] | None = None
+    ) -> list[tuple[Fields, float]]:
         questions = [dnswire.question_bytes(dnswire.reverse_name(ip, version), dnswire.PTR)
                      for ip, version in items]
-        answers = self.engine.resolve(questions)
+        answers = self.engine.resolve(questions, beat)
         out: list[tuple[Fields, float]] = []
         confirm: list[tuple[int, bytes]] = []  # (index in out, forward question)
         for (_ip, version), answer in zip(items, answers, strict=True):
@@ -319,7 +322,7 @@ class RdnsStage:
                 rdtype = dnswire.A if version == 4 else dnswire.AAAA
                 confirm.append((len(out) - 1, dnswire.question_bytes(name, rdtype)))
         if confirm:
-            forward = self.engine.resolve([question for _, question in confirm])
+            forward = self.engine.resolve([question for _, question in confirm], beat)
             for (index, _), answer in zip(confirm, forward, strict=True):
                 fields, ttl = out[index]
                 confirmed, forward_ttl = self._confirmed(items[index][0], answer)
