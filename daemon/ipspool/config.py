@@ -137,6 +137,15 @@ class RdnsConfig(_Section):
         300.0, description="Longest time a no-PTR answer is cached (s); the zone's SOA can shorten it."
     )
     forward_confirm: bool = Field(False, description="Check that the PTR name resolves back.")
+    max_in_flight: PositiveInt = Field(2048, description="Queries each worker keeps outstanding at most.")
+    rate_limit: Annotated[float, Field(ge=0)] = Field(
+        50000.0, description="Queries a second to each nameserver from the whole daemon "
+                             "(each worker sends its share); 0: no limit."
+    )
+    cache_dir: str = Field("", description="Directory of the on-disk cache all workers share; empty: SPOOL/.state.")
+    disk_cache_size: Annotated[int, Field(ge=0)] = Field(
+        1_000_000, description="Answers kept in the on-disk cache (it survives restarts); 0: none."
+    )
 
     @field_validator("nameservers", mode="before")
     @classmethod

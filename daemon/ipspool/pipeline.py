@@ -115,9 +115,10 @@ class _Subject:
         self._parsed = parsed
         self._address = address
 
-    def fields(self, stage: Stage) -> Mapping[str, Any] | None:
-        if self._parsed is not None and isinstance(stage, _Classify):
-            return stage.from_parsed(self._parsed)
+    def fields(self, stage: Stage, takes_parsed: bool = False) -> Mapping[str, Any] | None:
+        if self._parsed is not None and takes_parsed:
+            # A built-in that reads the fast parser's verdict (classify, rdns).
+            return stage.from_parsed(self._parsed)  # type: ignore[attr-defined,no-any-return]
         if self._address is None:
             # User stages get the ipaddress object, built on first need from
             # text the fast parser already accepted, so this cannot fail.
@@ -146,6 +147,11 @@ class Pipeline:
         self.blocking = any(getattr(stage, "blocking", True) for stage in self.stages)
         self.parsed_only = all(isinstance(stage, _Classify) for stage in self.stages)
         self.alert_lists = frozenset().union(*(getattr(s, "alert_lists", frozenset()) for s in self.stages))
+        self._takes_parsed = tuple(isinstance(s, _Classify) or getattr(s, "takes_parsed", False) is True
+                                   for s in self.stages)
+        # Stages that resolve a whole batch at once before the per-address calls (rdns).
+        self._prefetchers = tuple(s for s in self.stages if callable(getattr(s, "prefetch", None))
+                                  and getattr(s, "takes_parsed", False) is True)
 
     def run(self, address: Address) -> dict[str, Any]:
         """Every stage's fields for one address."""
@@ -169,11 +175,12 @@ class Pipeline:
     def _collect(self, subject: _Subject) -> dict[str, Any]:
         record: dict[str, Any] = {}
         errors: dict[str, str] = {}
-        for name, stage in zip(self.names, self.stages, strict=True):
+        for name, stage, takes_parsed in zip(self.names, self.stages, self._takes_parsed, strict=True):
             try:
-                fields = subject.fields(stage)
+                fields = subject.fields(stage, takes_parsed)
                 if fields is not None:
-                    record.update(_checked(fields))
+                    # The fast-path built-ins return fixed, non-reserved fields.
+                    record.update(fields if takes_parsed else _checked(fields))
             except Exception as exc:  # noqa: BLE001 - one address's failure must not sink the file
                 errors[name] = f"{type(exc).__name__}: {exc}"[:_INPUT_PREVIEW]
         if errors:
@@ -185,6 +192,34 @@ class Pipeline:
             closer = getattr(stage, "close", None)
             if callable(closer):
                 closer()
+
+    def prefetch(self, lines: Sequence[bytes], first_line: int, counts: Counts,
+                 beat: Callable[[], None] | None = None) -> None:
+        """Let batch stages resolve the addresses of these lines at once, before
+        ``process_lines`` asks for them one by one (on this same thread).
+        ``beat`` reports progress while a stage waits (the worker's heartbeat)."""
+        if not self._prefetchers:
+            return
+        addresses = valid_addresses(lines, first_line, self.max_line_bytes)
+        for stage in self._prefetchers:
+            try:
+                counts.update(stage.prefetch(addresses, beat))  # type: ignore[attr-defined]
+            except Exception:  # noqa: BLE001, S110 - the per-address calls will still answer
+                pass
+
+    def release(self) -> None:
+        """The batch is written: prefetched answers may go."""
+        for stage in self._prefetchers:
+            stage.release()  # type: ignore[attr-defined]
+
+    def stats(self) -> dict[str, Any]:
+        """Stage counters for the worker's row in ``ipspool status``."""
+        fields: dict[str, Any] = {}
+        for stage in self.stages:
+            stats = getattr(stage, "stats", None)
+            if callable(stats) and getattr(stage, "takes_parsed", False) is True:
+                fields.update(stats())
+        return fields
 
     def refresh(self) -> None:
         """Let stages pick up changed data files (lists, databases)."""
@@ -247,6 +282,31 @@ def split_lines(data: bytes) -> list[bytes]:
     if lines and not lines[-1]:
         lines.pop()
     return lines
+
+
+def valid_addresses(lines: Sequence[bytes], first_line: int, limit: int) -> list[ParsedAddress]:
+    """The fast parser's verdict for each line that ``process_lines`` will
+    turn into an address record (the same skipping rules, no records)."""
+    found: list[ParsedAddress] = []
+    for line_no, physical in enumerate(lines, first_line):
+        raw = physical
+        if len(raw) > limit:
+            continue
+        if line_no == 1 and raw.startswith(_BOM):
+            raw = raw[len(_BOM):]
+        hash_at = raw.find(b"#")
+        if hash_at >= 0:
+            raw = raw[:hash_at]
+        raw = raw.strip()
+        if not raw:
+            continue
+        try:
+            text = raw.decode("utf-8")
+            if "\x00" not in text:
+                found.append(fast_parse_classify(text))
+        except ValueError:  # UnicodeDecodeError included
+            continue
+    return found
 
 
 def error_record(line_no: int, shown: str, message: str) -> bytes:
@@ -329,5 +389,10 @@ def process_chunk(
 ) -> tuple[bytes, Counts]:
     """The pure heart: one chunk's bytes in, its result bytes and counts out."""
     counts: Counts = Counter()
-    return process_lines(split_lines(data), first_line, pipeline, counts, alerts), counts
+    lines = split_lines(data)
+    pipeline.prefetch(lines, first_line, counts)
+    try:
+        return process_lines(lines, first_line, pipeline, counts, alerts), counts
+    finally:
+        pipeline.release()
 

@@ -106,6 +106,13 @@ class StatsLink:
             self.manager.shutdown()
 
 
+def _rdns_counts(counts: Counter[str]) -> dict[str, int]:
+    """file.done's rdns fields, for files that went through the rdns stage."""
+    if not counts["rdns.lookups"] and not counts["rdns.cache_hits"]:
+        return {}
+    return {"rdns_cache_hits": counts["rdns.cache_hits"], "rdns_lookups": counts["rdns.lookups"]}
+
+
 class Reporter:
     def __init__(self, config: Config, config_path: str | None, clock: Clock, notifier: Notifier,
                  stats: StatsLink, watchdog_every: float | None) -> None:
@@ -150,7 +157,7 @@ class Reporter:
             "file.done", file=job.claimed.name, job=job.claimed.job_name, result=result,
             lines=job.counts["lines"], valid=job.counts["valid"], invalid=job.counts["invalid"],
             stage_errors=job.counts["stage_errors"], chunks=job.total,
-            duration=round(now - job.started, 4),
+            duration=round(now - job.started, 4), **_rdns_counts(job.counts),
         )
         self.rate_window.append((now, self.totals["files_done"]))
         self.dirty = True

@@ -150,6 +150,7 @@ class Worker:
             "slot": self.slot, "pid": os.getpid(), "chunks_done": self.chunks_done,
             "lines_done": self.lines_done, "current": printable(self.current), "heartbeat": self.clock.time(),
             "state": "busy" if self.current or self.running else "idle",
+            **self.pipeline.stats(),
         })
 
     def part_path(self, chunk: Chunk) -> str:
@@ -287,14 +288,25 @@ class Worker:
                 state.started = True
             doomed = state.failure is not None
         try:
+            if not doomed:
+                def waiting() -> None:
+                    with self.progress_lock:
+                        self.progress[me] = self.clock.monotonic()
+
+                waiting()
+                # Batch stages (rdns) resolve every address of the batch at
+                # once; the per-address calls below then find them waiting.
+                # A wait held up by the rate limit still counts as progress.
+                self.pipeline.prefetch(lines, first, counts, waiting)
             for at in range(0, 0 if doomed else len(lines), _PROGRESS_STEP):
                 with self.progress_lock:
                     self.progress[me] = self.clock.monotonic()
                 step = lines[at:at + _PROGRESS_STEP]
                 outputs.append(process_lines(step, first + at, self.pipeline, counts, state.alerts[slot]))
         finally:
+            self.pipeline.release()
             with self.progress_lock:
-                del self.progress[me]
+                self.progress.pop(me, None)
         self.beat()
         with state.lock:
             state.outputs[slot] = b"".join(outputs)

@@ -37,3 +37,16 @@ def test_tiny_benchmark_reports_every_system_and_workload(tmp_path: Path) -> Non
     assert all(r["lines_per_s"] > 0 for r in got.values())
     assert {r["settings"]["processes"] for r in data["scaling"] if r["workload"] == "cpu_1ms"} >= {1}
     assert (tmp_path / "results.md").read_text().startswith("Machine:")
+
+
+def test_tiny_rdns_benchmark_checks_every_record(tmp_path: Path) -> None:
+    """``python -m bench.rdns`` at one latency and tiny sizes: both stages, cold and warm, every record right."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.rdns", "--latencies", "1", "--repeats", "1", "--lines", "300",
+         "--old-lines", "60", "--out", str(tmp_path)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": python_path()}, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "rdns.json").read_text())["rows"]
+    assert {(r["system"], r["phase"]) for r in rows} == {(s, p) for s in ("old", "new") for p in ("cold", "warm")}
+    assert all(r["lookups_per_s"] > 0 for r in rows)

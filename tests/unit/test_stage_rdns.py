@@ -54,7 +54,8 @@ def dnsmasq(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Dnsmasq]:
 
 
 def make_stage(*nameservers: str, clock: FakeClock | None = None, **rdns: Any) -> RdnsStage:
-    settings = {"nameservers": list(nameservers), "timeout": 0.5, "retries": 0, **rdns}
+    # The on-disk cache shared by workers has tests of its own (test_rdns_engine.py).
+    settings = {"nameservers": list(nameservers), "timeout": 0.5, "retries": 0, "disk_cache_size": 0, **rdns}
     config = parse_config({"rdns": settings, "pipeline": {"stages": ["rdns"]}})
     return build(config, clock or FakeClock())
 

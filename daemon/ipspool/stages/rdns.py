@@ -5,37 +5,41 @@ never as an exception: ``ok``, ``nxdomain`` (no PTR: NXDOMAIN or an empty
 answer), ``timeout``, ``servfail`` and ``error`` (REFUSED, FORMERR, a
 malformed reply, a socket error). docs/enrichment.md is the reference.
 
-Queries go straight to the configured nameservers with ``dns.query`` rather
-than through ``dns.resolver.Resolver``, so that ``timeout`` and ``retries``
-mean exactly what they say (the Resolver has one lifetime for all attempts
-and backs off between rounds) and SERVFAIL stays distinguishable from a
-timeout. Answers are cached per worker, bounded, for their TTL.
+Queries go out through ``dnsengine.Engine``, one per worker: a thread with
+many queries in flight on non-blocking sockets, so a batch of addresses is
+resolved at once (``prefetch``, called by the worker for each batch before
+the per-address calls, which then find their answers waiting). ``timeout``
+and ``retries`` keep the meaning they had with one blocking query at a time:
+``timeout`` is one attempt at one server, ``retries`` further rounds for the
+servers that timed out.
+
+Answers are cached at three levels: the batch being processed (per thread),
+a bounded LRU per worker, and a SQLite file all workers share that survives
+restarts (``rdnscache``); each entry lives for its TTL.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import sqlite3
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Final
 
-import dns.exception
-import dns.flags
-import dns.message
-import dns.name
-import dns.query
-import dns.rcode
-import dns.rdatatype
 import dns.resolver
-import dns.reversename
 import structlog
 
 from ipspool.address import Address
 from ipspool.config import Config, ConfigError, RdnsConfig
+from ipspool.fastip import ParsedAddress
+from ipspool.stages import dnswire
+from ipspool.stages.dnsengine import Answer, Engine, Server
+from ipspool.stages.rdnscache import DiskCache, open_cache
 
 __all__ = [
     "FAILURE_TTL",
@@ -63,6 +67,9 @@ FAILURE_TTL = 30.0
 # max-cache-ttl, no answer is kept longer than a day whatever its TTL says.
 MAX_TTL = 86400.0
 RESOLV_CONF = "/etc/resolv.conf"
+STATE_SUBDIR = ".state"
+_WRITE_ROWS = 4096    # answers queued for the disk cache before a write
+_WRITE_EVERY = 1.0    # seconds an answer may wait for its write
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,13 +119,13 @@ class DnsCache:
     ``clock`` is injected so tests can expire entries without sleeping.
     """
 
-    def __init__(self, size: int, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, size: int, clock: Callable[[], float] = time.time) -> None:
         self.size = size
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[Address, tuple[float, Mapping[str, Any]]] = OrderedDict()
+        self._entries: OrderedDict[Hashable, tuple[float, Mapping[str, Any]]] = OrderedDict()
 
-    def get(self, key: Address) -> Mapping[str, Any] | None:
+    def get(self, key: Hashable) -> Mapping[str, Any] | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -129,7 +136,7 @@ class DnsCache:
             self._entries.move_to_end(key)
             return entry[1]
 
-    def put(self, key: Address, value: Mapping[str, Any], ttl: float) -> None:
+    def put(self, key: Hashable, value: Mapping[str, Any], ttl: float) -> None:
         if self.size == 0 or ttl <= 0:
             return
         with self._lock:
@@ -146,154 +153,277 @@ class DnsCache:
             self._entries.clear()
 
 
-def _negative_ttl(response: dns.message.Message, cap: float) -> float:
-    """RFC 2308 section 5: the SOA's TTL or its MINIMUM, whichever is lower;
-    without an SOA, the configured negative_ttl, which also caps it."""
-    for rrset in response.authority:
-        if rrset.rdtype == dns.rdatatype.SOA and len(rrset) > 0:
-            return float(min(rrset.ttl, rrset[0].minimum, cap))
-    return cap
-
-
-class _Resolver:
-    """Sends one question to the nameservers in turn, ``retries`` rounds."""
-
-    def __init__(self, nameservers: Sequence[Nameserver], settings: RdnsConfig) -> None:
-        self.nameservers = tuple(nameservers)
-        self.timeout = settings.timeout
-        self.rounds = settings.retries + 1
-        self.negative_ttl = settings.negative_ttl
-
-    def query(self, name: dns.name.Name, rdtype: dns.rdatatype.RdataType) -> Lookup:
-        query = dns.message.make_query(name, rdtype)
-        failures: set[str] = set()
-        waiting = list(self.nameservers)  # servers worth asking again
-        for _ in range(self.rounds):
-            timed_out: list[Nameserver] = []
-            for server in waiting:
-                try:
-                    # ignore_unexpected: a stray datagram from elsewhere is
-                    # dropped and the wait goes on, instead of ending the attempt.
-                    response, _tcp = dns.query.udp_with_fallback(
-                        query,
-                        server.address,
-                        timeout=self.timeout,
-                        port=server.port,
-                        ignore_unexpected=True,
-                    )
-                except dns.exception.Timeout:
-                    timed_out.append(server)
-                    continue
-                except (dns.exception.DNSException, OSError, ValueError):
-                    # A reply that does not parse or match, or a socket error
-                    # (unreachable, refused): ask the next server.
-                    failures.add(ERROR)
-                    continue
-                result = self._interpret(response, rdtype)
-                if result.status in (OK, NXDOMAIN):
-                    return result
-                failures.add(result.status)
-            waiting = timed_out
-            if not waiting:
-                break
-        # SERVFAIL says the most about where to look, a timeout the least.
-        for status in (SERVFAIL, ERROR):
-            if status in failures:
-                return Lookup(status)
-        return Lookup(TIMEOUT)
-
-    def _interpret(self, response: dns.message.Message, rdtype: dns.rdatatype.RdataType) -> Lookup:
-        rcode = response.rcode()
-        if rcode == dns.rcode.SERVFAIL:
-            return Lookup(SERVFAIL)
-        if rcode == dns.rcode.NXDOMAIN:
-            return Lookup(NXDOMAIN, (), _negative_ttl(response, self.negative_ttl))
-        if rcode != dns.rcode.NOERROR or not isinstance(response, dns.message.QueryMessage):
-            return Lookup(ERROR)
-        # resolve_chaining() follows CNAMEs in the answer, as RFC 2317
-        # classless reverse delegation puts them in in-addr.arpa.
-        try:
-            chain = response.resolve_chaining()
-        except dns.exception.DNSException:
-            return Lookup(ERROR)
-        if chain.answer is None or len(chain.answer) == 0:
-            return Lookup(NXDOMAIN, (), _negative_ttl(response, self.negative_ttl))
-        if rdtype == dns.rdatatype.PTR:
-            names = (rdata.target.to_text(omit_final_dot=True) for rdata in chain.answer)
-            values = tuple(sorted(names))
-        else:
-            values = tuple(rdata.address for rdata in chain.answer)
-        return Lookup(OK, values, float(chain.minimum_ttl))
+Fields = Mapping[str, Any]
 
 
 class RdnsStage:
-    """Adds ``ptr``, ``rdns`` and, with forward_confirm, ``ptr_confirmed``."""
+    """Adds ``ptr``, ``rdns`` and, with forward_confirm, ``ptr_confirmed``.
+
+    ``share`` is the number of worker processes: each worker's engine sends
+    its share of ``rate_limit``. ``cache_dir`` None: no disk cache.
+    """
 
     name = "rdns"
     blocking = True
+    takes_parsed = True  # from_parsed() serves the fast parser's verdict, no ipaddress object
 
     def __init__(
         self,
         nameservers: Sequence[Nameserver],
         settings: RdnsConfig,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.time,
+        cache_dir: Path | None = None,
+        share: int = 1,
     ) -> None:
         self.nameservers = tuple(nameservers)
         self.forward_confirm = settings.forward_confirm
-        self._resolver = _Resolver(nameservers, settings)
+        self.negative_ttl = settings.negative_ttl
+        self.engine = Engine([Server(n.address, n.port) for n in self.nameservers], settings.timeout,
+                             settings.retries, settings.max_in_flight, settings.rate_limit / max(1, share))
         self.cache = DnsCache(settings.cache_size, clock)
+        self._clock = clock
+        self._disk_dir = cache_dir if settings.disk_cache_size > 0 else None
+        self._disk_size = settings.disk_cache_size
+        self._disk: DiskCache | None = None
+        self._disk_lock = threading.Lock()
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._unwritten: list[tuple[str, str | None, str, bool | None, float]] = []
+        self._written = time.monotonic()
+        self._counts_lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
 
-    def __call__(self, address: Address, /) -> Mapping[str, Any]:
-        cached = self.cache.get(address)
+    # -- per address -------------------------------------------------------------
+
+    def __call__(self, address: Address, /) -> Fields:
+        return self._fields_for(str(address), address.version)
+
+    def from_parsed(self, parsed: ParsedAddress) -> Fields:
+        return self._fields_for(parsed[0], parsed[1])
+
+    def _fields_for(self, ip: str, version: int) -> Fields:
+        batch: dict[str, Fields] | None = getattr(self._local, "batch", None)
+        if batch is not None:
+            found = batch.get(ip)
+            if found is not None:
+                return found
+        cached = self.cache.get(ip)
+        if cached is None:
+            on_disk = self._disk_get([ip])
+            cached = on_disk.get(ip)
         if cached is not None:
+            self._count(hits=1)
             return cached
+        self._count(lookups=1)
         try:
-            fields, ttl = self._lookup(address)
+            fields, ttl = self._lookup(ip, version)
         except Exception as exc:  # noqa: BLE001 - the contract: a result, never an exception
-            structlog.get_logger().warning(
-                "rdns.lookup_failed", ip=str(address), error=f"{type(exc).__name__}: {exc}"
-            )
+            structlog.get_logger().warning("rdns.lookup_failed", ip=ip, error=f"{type(exc).__name__}: {exc}")
             fields, ttl = self._fields(None, ERROR, False), FAILURE_TTL
-        self.cache.put(address, fields, ttl)
+        self.cache.put(ip, fields, ttl)
+        self._disk_put([(ip, fields, ttl)])
         return fields
 
-    def _fields(self, ptr: str | None, status: str, confirmed: bool) -> Mapping[str, Any]:
+    # -- per batch ---------------------------------------------------------------
+
+    def prefetch(self, parsed: Sequence[ParsedAddress], beat: Callable[[], None] | None = None) -> Counter[str]:
+        """Resolve a batch's addresses at once; the per-address calls that follow
+        on this thread find them waiting. Returns the batch's cache counts.
+        ``beat`` is called now and then while the engine makes progress on them."""
+        wanted = {p[0]: p[1] for p in parsed}
+        results: dict[str, Fields] = {}
+        missing: list[str] = []
+        for ip in wanted:
+            cached = self.cache.get(ip)
+            if cached is None:
+                missing.append(ip)
+            else:
+                results[ip] = cached
+        if missing:
+            on_disk = self._disk_get(missing)
+            results.update(on_disk)
+            missing = [ip for ip in missing if ip not in on_disk]
+        if missing:
+            try:
+                resolved = self._resolve_many([(ip, wanted[ip]) for ip in missing], beat)
+            except Exception as exc:  # noqa: BLE001 - a result, never an exception
+                structlog.get_logger().warning("rdns.lookup_failed", ip=missing[0],
+                                               error=f"{type(exc).__name__}: {exc}")
+                resolved = [(self._fields(None, ERROR, False), FAILURE_TTL)] * len(missing)
+            for ip, (fields, ttl) in zip(missing, resolved, strict=True):
+                self.cache.put(ip, fields, ttl)
+                results[ip] = fields
+            self._disk_put([(ip, fields, ttl) for ip, (fields, ttl) in zip(missing, resolved, strict=True)])
+        self._local.batch = results
+        counts = Counter({"rdns.cache_hits": len(wanted) - len(missing), "rdns.lookups": len(missing)})
+        self._count(hits=len(wanted) - len(missing), lookups=len(missing))
+        return counts
+
+    def release(self) -> None:
+        """The batch is done: forget this thread's prefetched answers."""
+        self._local.batch = None
+
+    def _count(self, hits: int = 0, lookups: int = 0) -> None:
+        with self._counts_lock:
+            self.counts["hits"] += hits
+            self.counts["lookups"] += lookups
+
+    def stats(self) -> dict[str, int]:
+        """For the worker's row in ``ipspool status``."""
+        with self._counts_lock:
+            hits, lookups = self.counts["hits"], self.counts["lookups"]
+        return {"rdns_cache_hits": hits, "rdns_lookups": lookups, "rdns_queries": self.engine.sent,
+                "rdns_coalesced": self.engine.coalesced}
+
+    # -- resolution ----------------------------------------------------------------
+
+    def _fields(self, ptr: str | None, status: str, confirmed: bool) -> Fields:
         fields: dict[str, Any] = {"ptr": ptr, "rdns": status}
         if self.forward_confirm:
             fields["ptr_confirmed"] = confirmed
         # Read-only: the same cached mapping is handed to every caller.
         return MappingProxyType(fields)
 
-    def _lookup(self, address: Address) -> tuple[Mapping[str, Any], float]:
-        question = dns.reversename.from_address(str(address))
-        reverse = self._resolver.query(question, dns.rdatatype.PTR)
-        if reverse.status != OK:
-            return self._fields(None, reverse.status, False), reverse.ttl
-        # Several PTR records are rare but legal; the first in sorted order
-        # keeps the field the same from run to run.
-        ptr = reverse.values[0]
-        if not self.forward_confirm:
-            return self._fields(ptr, OK, False), reverse.ttl
-        confirmed, ttl = self._confirm(ptr, address)
-        return self._fields(ptr, OK, confirmed), min(reverse.ttl, ttl)
+    def _lookup(self, ip: str, version: int) -> tuple[Fields, float]:
+        return self._resolve_many([(ip, version)])[0]
 
-    def _confirm(self, ptr: str, address: Address) -> tuple[bool, float]:
+    def _ttl(self, answer: Answer) -> float:
+        if answer.status == OK:
+            return answer.ttl if answer.ttl is not None else FAILURE_TTL
+        if answer.status == NXDOMAIN:
+            # RFC 2308 section 5: the SOA's TTL or MINIMUM, capped by negative_ttl;
+            # negative_ttl itself when no SOA came.
+            return self.negative_ttl if answer.ttl is None else min(answer.ttl, self.negative_ttl)
+        return FAILURE_TTL
+
+    def _resolve_many(
+        self, items: Sequence[tuple[str, int]], beat: Callable[[], None] | None = None
+    ) -> list[tuple[Fields, float]]:
+        questions = [dnswire.question_bytes(dnswire.reverse_name(ip, version), dnswire.PTR)
+                     for ip, version in items]
+        answers = self.engine.resolve(questions, beat)
+        out: list[tuple[Fields, float]] = []
+        confirm: list[tuple[int, bytes]] = []  # (index in out, forward question)
+        for (_ip, version), answer in zip(items, answers, strict=True):
+            ttl = self._ttl(answer)
+            if answer.status != OK:
+                out.append((self._fields(None, answer.status, False), ttl))
+                continue
+            # Several PTR records are rare but legal; the first in sorted order
+            # keeps the field the same from run to run.
+            ptr = answer.values[0]
+            out.append((self._fields(ptr, OK, False), ttl))
+            if self.forward_confirm:
+                try:
+                    name = dnswire.encode_name(ptr)
+                except ValueError:
+                    out[-1] = (out[-1][0], min(ttl, FAILURE_TTL))
+                    continue
+                rdtype = dnswire.A if version == 4 else dnswire.AAAA
+                confirm.append((len(out) - 1, dnswire.question_bytes(name, rdtype)))
+        if confirm:
+            forward = self.engine.resolve([question for _, question in confirm], beat)
+            for (index, _), answer in zip(confirm, forward, strict=True):
+                fields, ttl = out[index]
+                confirmed, forward_ttl = self._confirmed(items[index][0], answer)
+                out[index] = (self._fields(fields["ptr"], OK, confirmed), min(ttl, forward_ttl))
+        return out
+
+    def _confirmed(self, ip: str, forward: Answer) -> tuple[bool, float]:
         """Whether the PTR name's A (or AAAA) records include the address."""
-        try:
-            name = dns.name.from_text(ptr)
-        except dns.exception.DNSException:
-            return False, FAILURE_TTL
-        rdtype = dns.rdatatype.A if address.version == 4 else dns.rdatatype.AAAA
-        forward = self._resolver.query(name, rdtype)
         if forward.status == NXDOMAIN:
-            return False, forward.ttl
+            return False, self._ttl(forward)
         if forward.status != OK:
             # Unconfirmed for now, and soon asked again: a timeout is not a "no".
             return False, FAILURE_TTL
-        return any(ipaddress.ip_address(value) == address for value in forward.values), forward.ttl
+        address = ipaddress.ip_address(ip)
+        return any(ipaddress.ip_address(value) == address for value in forward.values), self._ttl(forward)
+
+    # -- the disk cache ------------------------------------------------------------
+
+    def _disk_cache(self) -> DiskCache | None:
+        if self._disk is not None or self._disk_dir is None:
+            return self._disk
+        with self._disk_lock:
+            if self._disk is None and self._disk_dir is not None:
+                try:
+                    self._disk = open_cache(self._disk_dir, self._disk_size, self._clock)
+                except (OSError, sqlite3.Error) as exc:
+                    self._disk_failed(exc)
+        return self._disk
+
+    def _disk_failed(self, exc: BaseException) -> None:
+        structlog.get_logger().warning(
+            "rdns.cache_unavailable", path=str(self._disk_dir), error=f"{type(exc).__name__}: {exc}",
+            action="memory cache only until the stage is rebuilt")
+        self._disk_dir = None
+        disk, self._disk = self._disk, None
+        if disk is not None:
+            try:
+                disk.close()
+            except sqlite3.Error:
+                pass
+
+    def _disk_get(self, ips: Sequence[str]) -> dict[str, Fields]:
+        disk = self._disk_cache()
+        if disk is None:
+            return {}
+        try:
+            entries = disk.get_many(ips)
+        except sqlite3.Error as exc:
+            with self._disk_lock:
+                self._disk_failed(exc)
+            return {}
+        now = self._clock()
+        found: dict[str, Fields] = {}
+        for ip, (ptr, status, confirmed, expires) in entries.items():
+            if self.forward_confirm and status == OK and confirmed is None:
+                continue  # stored before forward_confirm was on: not the answer we need
+            fields = self._fields(ptr, status, bool(confirmed))
+            self.cache.put(ip, fields, expires - now)
+            found[ip] = fields
+        return found
+
+    def _disk_put(self, rows: Sequence[tuple[str, Fields, float]]) -> None:
+        """Queue answers for the disk; written in transactions of many batches
+        (one write per batch costs twice as much), or after a second."""
+        if self._disk_dir is None and self._disk is None:
+            return
+        confirm = self.forward_confirm
+        with self._write_lock:
+            self._unwritten.extend(
+                (ip, fields["ptr"], fields["rdns"], fields.get("ptr_confirmed") if confirm else None,
+                 min(ttl, MAX_TTL)) for ip, fields, ttl in rows)
+            due = len(self._unwritten) >= _WRITE_ROWS or time.monotonic() - self._written >= _WRITE_EVERY
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued answers to the disk cache now."""
+        with self._write_lock:
+            rows, self._unwritten = self._unwritten, []
+            self._written = time.monotonic()
+        disk = self._disk_cache() if rows else None
+        if disk is None:
+            return
+        try:
+            disk.put_many(rows)
+        except sqlite3.Error as exc:
+            with self._disk_lock:
+                self._disk_failed(exc)
+
+    def refresh(self) -> None:
+        """Called by the worker every few seconds: queued answers reach the disk even when idle."""
+        self.flush()
 
     def close(self) -> None:
+        self.engine.close()
+        self.flush()
         self.cache.clear()
+        with self._disk_lock:
+            disk, self._disk = self._disk, None
+        if disk is not None:
+            disk.close()
 
 
 def _system_nameservers() -> tuple[Nameserver, ...]:
@@ -308,7 +438,7 @@ def _system_nameservers() -> tuple[Nameserver, ...]:
     return tuple(parse_nameserver(str(server)) for server in resolver.nameservers)
 
 
-def build(config: Config, clock: Callable[[], float] = time.monotonic) -> RdnsStage:
+def build(config: Config, clock: Callable[[], float] = time.time) -> RdnsStage:
     """The stage for ``[rdns]``, or ConfigError naming each bad nameserver."""
     settings = config.rdns
     problems: list[str] = []
@@ -320,4 +450,5 @@ def build(config: Config, clock: Callable[[], float] = time.monotonic) -> RdnsSt
             problems.append(f"rdns.nameservers[{index}]: {text!r}: {exc}")
     if problems:
         raise ConfigError("[rdns]", tuple(problems))
-    return RdnsStage(nameservers or _system_nameservers(), settings, clock)
+    cache_dir = Path(settings.cache_dir) if settings.cache_dir else config.spool_dir / STATE_SUBDIR
+    return RdnsStage(nameservers or _system_nameservers(), settings, clock, cache_dir, config.process_count)
