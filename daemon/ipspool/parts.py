@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from ipspool.chunking import Chunk
 from ipspool.pipeline import error_record
 
-__all__ = ["OUTPUT_SLACK", "ChunkFailed", "PartWriter", "read_chunk", "too_long_record", "write_part"]
+__all__ = ["OUTPUT_SLACK", "ChunkFailed", "PartWriter", "part_path", "read_chunk", "too_long_record", "write_part"]
 
 OUTPUT_SLACK = 64 << 10   # bytes of output every chunk may have whatever its size (headers of tiny inputs)
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -37,6 +37,11 @@ class ChunkFailed(Exception):
     reason: str
     detail: str
     retry: bool = False
+
+
+def part_path(parts_dir: str, pid: int, chunk: Chunk) -> str:
+    """Where worker ``pid`` writes the part of ``chunk`` (its pool removes it if the worker dies)."""
+    return f"{parts_dir}/{pid}.{chunk.job}.{chunk.index}.part"
 
 
 def read_chunk(chunk: Chunk) -> bytes:

@@ -30,6 +30,7 @@ from ipspool.clock import Clock
 from ipspool.config import Config
 from ipspool.exitcodes import ExitCode
 from ipspool.logs import get_logger
+from ipspool.parts import part_path
 from ipspool.protocol import (
     ChunkKey,
     Done,
@@ -86,6 +87,8 @@ class WorkerProcess(Protocol):
 
 
 class Launcher(Protocol):
+    parts_dir: str  # where its workers write their parts
+
     def launch(self, slot: int, config: Config) -> WorkerProcess: ...
 
 
@@ -379,6 +382,7 @@ class WorkerPool:
             self.totals["worker_restarts"] += 1
             self.slot_restarts[worker.slot] += 1
         for key, chunk in worker.inflight.items():
+            self._remove_part(worker, chunk)
             self._events.append(Lost(chunk, key in worker.started, cause))
         worker.inflight.clear()
         if not worker.was_ready:
@@ -394,6 +398,13 @@ class WorkerPool:
         delay = self.respawn_at[worker.slot] - now
         if delay:
             self.log.warning("worker.backoff", worker=worker.slot, delay=delay, deaths_in_a_row=self.deaths_in_a_row)
+
+    def _remove_part(self, worker: WorkerHandle, chunk: Chunk) -> None:
+        """What a dead worker wrote of a chunk it never finished is of no use to anyone."""
+        try:
+            os.unlink(part_path(self.launcher.parts_dir, worker.pid, chunk))
+        except FileNotFoundError:
+            pass
 
     def backoff(self, lived: float) -> float:
         """Seconds before the next respawn: none for a lone death, doubling for a run of them."""

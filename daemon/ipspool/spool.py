@@ -311,12 +311,16 @@ class Spool:
         self.fds["parts"] = _open_dir(self.results / PARTS / self.run)
 
     def end_run(self) -> None:
-        """At a clean stop: remove this run's parts folder if nothing is left in it."""
-        if self.run:
-            try:
-                os.rmdir(self.run, dir_fd=self.fds["all_parts"])
-            except OSError:
-                pass  # parts of unfinished files: recovery at the next start removes them
+        """At a stop: remove this run's parts folder; what is left in it belongs to unfinished files,
+        which the next start processes again from their inputs in active/."""
+        if not self.run:
+            return
+        try:
+            for entry in os.listdir(self.fds["parts"]):
+                os.unlink(entry, dir_fd=self.fds["parts"])
+            os.rmdir(self.run, dir_fd=self.fds["all_parts"])
+        except OSError:
+            pass  # recovery at the next start removes it
 
     @property
     def parts_dir(self) -> Path:

@@ -36,7 +36,7 @@ from ipspool.clock import SYSTEM_CLOCK, Clock
 from ipspool.config import Config, ConfigError
 from ipspool.exitcodes import ExitCode
 from ipspool.logs import LogTarget, configure_logging, get_logger
-from ipspool.parts import ChunkFailed, PartWriter, read_chunk, too_long_record, write_part
+from ipspool.parts import ChunkFailed, PartWriter, part_path, read_chunk, too_long_record, write_part
 from ipspool.pipeline import Pipeline, load_pipeline, process_lines, split_lines
 from ipspool.protocol import Alert, Done, Failed, FromWorker, Heartbeat, Ready, Refresh, RunChunk, Started, Stop
 from ipspool.spool import printable
@@ -154,7 +154,7 @@ class Worker:
         })
 
     def part_path(self, chunk: Chunk) -> str:
-        return f"{self.parts_dir}/{os.getpid()}.{chunk.job}.{chunk.index}.part"
+        return part_path(self.parts_dir, os.getpid(), chunk)
 
     def finish(self, chunk: Chunk, part: str, data: bytes, counts: Counter[str]) -> None:
         """A chunk whose whole result is one record (an over-long line)."""

@@ -102,8 +102,9 @@ class FakeProcess:
 
 
 class FakeLauncher:
-    def __init__(self, clock: FakeClock) -> None:
+    def __init__(self, clock: FakeClock, parts_dir: str = "/nonexistent") -> None:
         self.clock = clock
+        self.parts_dir = parts_dir
         self.launched: list[FakeProcess] = []
 
     def launch(self, slot: int, config: Config) -> FakeProcess:
