@@ -134,6 +134,10 @@ class Supervisor:
         self.recover()
         self.ctx.set_forkserver_preload(["ipspool.forkserver"])
         self.stats.start(self.selector)
+        if self._executor is None and config.executor.kind == "dask":
+            from ipspool.dask_executor import DaskExecutor  # distributed is an optional extra
+
+            self._executor = DaskExecutor(config, self.spool.parts_dir, self.clock, self.reporter.totals)
         if self._executor is None:
             launcher = ForkserverLauncher(self.ctx, config.runtime_dir, self.authkey, self.spool.parts_dir,
                                           self.clock)
