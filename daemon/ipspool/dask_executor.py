@@ -75,6 +75,7 @@ class _Flight:
     alone: bool
     begun: float = 0.0
     worker: str = ""
+    pinned: str = ""  # the one worker a retry alone may run on
 
 
 @dataclass
@@ -203,7 +204,7 @@ class DaskExecutor:
         elif self.alone_on:
             workers = [a for a in self.hosts if a != self.alone_on]
         token = f"{chunk.job}-{chunk.index}-{next(self.tokens)}"
-        flight = _Flight(chunk, token, self.clock.monotonic(), alone)
+        flight = _Flight(chunk, token, self.clock.monotonic(), alone, pinned=self.alone_on if alone else "")
         self.flights[token] = flight
         limit = self.config.spool.max_output_ratio * len(data) + OUTPUT_SLACK
         try:
@@ -300,13 +301,21 @@ class DaskExecutor:
         now = self.clock.monotonic()
         for address in set(self.hosts) - set(workers):
             self.log.warning("dask.worker_left", host=address)
-            del self.hosts[address]
-            if address == self.alone_on and not any(f.alone for f in self.flights.values()):
-                self.alone_on = ""
+            self.host_gone(address)
         for address, threads in workers.items():
             if address not in self.hosts:
                 self.hosts[address] = _Host(threads, now)
                 self.log.info("dask.worker_joined", host=address, threads=threads)
+
+    def host_gone(self, address: str) -> None:
+        """A worker left: a retry pinned to it and not begun would wait forever; send it again."""
+        self.hosts.pop(address, None)
+        for flight in list(self.flights.values()):
+            if flight.pinned == address and not flight.begun:
+                self.link.cancel(flight.token)
+                self.lose(flight, False, f"dask worker {address} left before the retry began")
+        if address == self.alone_on and not any(f.pinned == address for f in self.flights.values()):
+            self.alone_on = ""
 
     def on_finished(self, notice: Finished) -> None:
         flight = self.flights.get(notice.token)
@@ -340,6 +349,7 @@ class DaskExecutor:
             self.totals["worker_restarts"] += 1
         self.deaths[address] += 1
         self.lose(flight, True, f"dask worker {address} died")
+        self.host_gone(address)
 
     def finish(self, flight: _Flight, value: tuple[bytes, dict[str, int], list[Any]]) -> None:
         out, counts, alerts = value

@@ -222,7 +222,9 @@ class ClusterLink:
         try:
             if client.status != "running":
                 raise ConnectionError(f"client is {client.status}")
-            identity, workers = client.run_on_scheduler(probe_scheduler)
+            info = client.scheduler_info()
+            identity = info["id"]
+            workers = {address: int(w["nthreads"]) for address, w in info["workers"].items()}
         except Exception as exc:  # noqa: BLE001 - every failure here means the scheduler is gone
             self._drop(self.settings, f"{type(exc).__name__}: {exc}"[:300])
             return

@@ -87,3 +87,155 @@ def test_dask_results_are_byte_identical_to_the_local_executor(make_daemon: Call
     assert outputs[0] == outputs[1]
     records = [json.loads(line) for line in outputs[1]["big.txt"].splitlines()]
     assert any(r.get("lists") == ["drop"] and r.get("asn") == 64500 for r in records)
+
+
+def lines_of(content: str) -> list[str]:
+    return content.splitlines()
+
+
+SLOW = {"pipeline": {"stages": ["classify", "tests.support.stagelib:sleepy"]}, "workers": {"chunk_bytes": 4096}}
+
+
+def test_dask_worker_killed_mid_chunk_runs_again_elsewhere_once(make_daemon: Callable[..., Daemon],
+                                                               cluster: DaskCluster) -> None:
+    """SIGKILL of a Dask worker holding chunks: they run again, the file completes once, nothing duplicated."""
+    from tests.support.spoolcheck import audit
+
+    cluster.start_worker(threads=2)
+    cluster.start_worker(threads=2)
+    d = make_daemon()
+    d.write_config(**SLOW, **dask_settings(cluster))
+    d.start()
+    content = addresses(3000)
+    d.drop("big.txt", content)
+    d.wait_event("chunk.done", timeout=60)
+    victims = cluster.worker_processes()
+    assert len(victims) == 2
+    os.kill(victims[0], signal.SIGKILL)
+    lost = d.wait_event("dask.worker_lost", timeout=30)
+    assert d.wait_event("chunk.retry", timeout=30)["cause"].startswith("dask worker")
+    d.wait_result("big.txt", timeout=120)
+    assert audit(d, {"big.txt": lines_of(content)}) == {}
+    assert lost["level"] == "error"
+    assert d.stop() == 0
+
+
+def test_dask_chunk_that_kills_max_attempts_workers_is_poison(make_daemon: Callable[..., Daemon],
+                                                              cluster: DaskCluster) -> None:
+    """os.abort() in a stage on Dask workers: one Lost per death, poison after max_attempts; others complete."""
+    from tests.support.spoolcheck import audit
+
+    cluster.start_worker(threads=2)
+    cluster.start_worker(threads=2)
+    d = make_daemon()
+    d.write_config(pipeline={"stages": ["classify", "tests.support.stagelib:crash"]},
+                   workers={"max_attempts": 2}, **dask_settings(cluster))
+    d.start()
+    d.drop("abort.txt", "1.1.1.1\n6.6.6.6\n")
+    others = {f"ok-{i}.txt": [f"10.0.0.{i}", "8.8.8.8"] for i in range(4)}
+    for name, lines in others.items():
+        d.drop(name, "\n".join(lines) + "\n")
+    failure = d.wait_failed("abort.txt", timeout=120)
+    assert failure["reason"] == "poison" and failure["attempts"] == 2
+    assert "dask worker" in failure["detail"]
+    for name in others:
+        d.wait_result(name, timeout=60)
+    assert len(d.events("dask.worker_lost")) >= 2
+    wait_for((d.spool / "failed" / "abort.txt").exists, 10, what="the poison input in failed/")
+    assert d.stop() == 0
+    assert audit(d, {"abort.txt": [], **others}, allowed_failures=("poison",)) == {"abort.txt": "poison"}
+
+
+def test_dask_scheduler_down_at_start_files_wait_then_flow(make_daemon: Callable[..., Daemon],
+                                                           tmp_path: Path) -> None:
+    """No scheduler yet: the daemon is up with dask.scheduler_unreachable, files wait in incoming/, then flow."""
+    need_distributed()
+    with DaskCluster(tmp_path / "late") as late:
+        d = make_daemon()
+        d.write_config(**dask_settings(late, connect_timeout=1.0))
+        d.start()
+        event = d.wait_event("dask.scheduler_unreachable")
+        assert event["level"] == "error" and event["scheduler"] == late.address
+        d.drop("early.txt", "10.1.2.3\n8.8.8.8\n")
+        time.sleep(2.0)
+        assert (d.spool / "incoming" / "early.txt").exists()
+        late.start_scheduler()
+        late.start_worker(threads=2)
+        records = d.wait_result("early.txt", timeout=90)
+        assert [r["ip"] for r in records] == ["10.1.2.3", "8.8.8.8"]
+        assert d.events("dask.connected")
+        assert d.stop() == 0
+
+
+def test_dask_scheduler_lost_mid_run_chunks_sent_again_when_back(make_daemon: Callable[..., Daemon],
+                                                                 cluster: DaskCluster) -> None:
+    """The scheduler dies with chunks in flight: they are sent again once it is back; nothing lost or doubled."""
+    from tests.support.spoolcheck import audit
+
+    cluster.start_worker(threads=2)
+    d = make_daemon()
+    d.write_config(**SLOW, **dask_settings(cluster, connect_timeout=2.0))
+    d.start()
+    content = addresses(2500)
+    d.drop("big.txt", content)
+    d.wait_event("chunk.done", timeout=60)
+    cluster.kill_scheduler()
+    lost = d.wait_event("dask.scheduler_lost", timeout=30)
+    assert lost["level"] == "error"
+    time.sleep(1.0)
+    cluster.start_scheduler()
+    d.wait_event("dask.scheduler_back", timeout=60)
+    # A Dask worker exits when it loses its scheduler; its service manager starts it again.
+    cluster.start_worker(threads=2)
+    d.wait_result("big.txt", timeout=120)
+    assert d.stop() == 0
+    assert audit(d, {"big.txt": lines_of(content)}) == {}
+
+
+def test_dask_term_with_remote_work_in_flight_is_graceful(make_daemon: Callable[..., Daemon],
+                                                          cluster: DaskCluster) -> None:
+    """TERM: in-flight remote chunks finish within graceful_timeout; a hung one stays in active/; exit 0."""
+    cluster.start_worker(threads=2)
+    d = make_daemon()
+    d.write_config(pipeline={"stages": ["classify", "tests.support.stagelib:hang",
+                                        "tests.support.stagelib:sleepy"]},
+                   workers={"graceful_timeout": 4.0, "heartbeat_timeout": 30.0}, **dask_settings(cluster))
+    d.start()
+    d.drop("hang.txt", "6.6.6.6\n")
+    d.drop("short.txt", "\n".join(f"10.0.1.{i}" for i in range(150)) + "\n")  # about 0.75 s of work
+    wait_for(lambda: not list((d.spool / "incoming").iterdir()), 20, what="both files claimed")
+    time.sleep(0.2)
+    began = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.stop(timeout=30) == 0
+    assert time.monotonic() - began < 4.0 + 6.0
+    assert d.result_path("short.txt").exists()
+    assert [p.name for p in (d.spool / "active").iterdir()] == ["hang.txt"]
+    assert d.events("daemon.stop_timeout")
+
+
+def test_dask_hung_stage_is_lost_after_heartbeat_timeout_and_poison(make_daemon: Callable[..., Daemon],
+                                                                    cluster: DaskCluster) -> None:
+    """A remote stage that never returns: after heartbeat_timeout it is Lost (worker restarted); poison; others flow."""
+    from tests.support.spoolcheck import audit
+
+    cluster.start_worker(threads=2)
+    cluster.start_worker(threads=2)
+    d = make_daemon()
+    d.write_config(pipeline={"stages": ["classify", "tests.support.stagelib:hang"]},
+                   workers={"heartbeat_timeout": 3.0, "max_attempts": 2}, **dask_settings(cluster))
+    d.start()
+    d.drop("hang.txt", "6.6.6.6\n")
+    timeout = d.wait_event("dask.chunk_timeout", timeout=30)
+    assert timeout["level"] == "error" and timeout["age"] >= 3.0
+    others = {f"ok-{i}.txt": [f"10.0.0.{i}"] for i in range(3)}
+    for name, lines in others.items():
+        d.drop(name, "\n".join(lines) + "\n")
+    failure = d.wait_failed("hang.txt", timeout=90)
+    assert failure["reason"] == "poison" and "heartbeat_timeout" in failure["detail"]
+    for name in others:
+        d.wait_result(name, timeout=60)
+    assert d.wait_event("dask.worker_restarted", timeout=30)
+    wait_for((d.spool / "failed" / "hang.txt").exists, 10, what="the poison input in failed/")
+    assert d.stop() == 0
+    assert audit(d, {"hang.txt": [], **others}, allowed_failures=("poison",)) == {"hang.txt": "poison"}

@@ -98,8 +98,16 @@ class DaskCluster:
         return worker
 
     def worker_processes(self) -> list[int]:
-        """Pids of the worker processes proper (children of each nanny)."""
-        return [child for nanny in self.workers if nanny.poll() is None for child in children(nanny.pid)]
+        """Pids of the worker processes proper (the nanny's child titled "dask worker")."""
+        found = []
+        for nanny in self.workers:
+            for child in children(nanny.pid) if nanny.poll() is None else []:
+                try:
+                    if Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"dask worker"):
+                        found.append(child)
+                except OSError:
+                    continue
+        return found
 
     def kill_scheduler(self) -> None:
         if self.scheduler is not None:
