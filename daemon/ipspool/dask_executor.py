@@ -65,6 +65,7 @@ __all__ = ["DaskExecutor"]
 
 _REPORT_UNREACHABLE_EVERY = 30   # connection attempts between two dask.scheduler_unreachable events
 _INSTALL_RETRY = 10.0            # seconds before installing a pipeline the workers refused again
+_CONDEMNED_FOR = 60.0            # seconds a worker being restarted gets no chunks
 
 
 @dataclass
@@ -76,6 +77,7 @@ class _Flight:
     begun: float = 0.0
     worker: str = ""
     pinned: str = ""  # the one worker a retry alone may run on
+    bystander: bool = False  # its worker is restarted for another chunk: its death is not this chunk's fault
 
 
 @dataclass
@@ -111,6 +113,7 @@ class DaskExecutor:
         self.flights: dict[str, _Flight] = {}
         self.tokens = itertools.count(1)
         self.alone_on = ""
+        self.condemned: dict[str, float] = {}  # workers being restarted -> until when they get nothing
         self.stopping = False
         self.last_progress = 0.0
         self._events: deque[ExecutorEvent] = deque()
@@ -201,7 +204,7 @@ class DaskExecutor:
         if alone:
             self.alone_on = min(set(self.hosts) - self.busy_hosts())
             workers = [self.alone_on]
-        elif self.alone_on:
+        elif self.alone_on or self.condemned:
             workers = [a for a in self.hosts if a != self.alone_on]
         token = f"{chunk.job}-{chunk.index}-{next(self.tokens)}"
         flight = _Flight(chunk, token, self.clock.monotonic(), alone, pinned=self.alone_on if alone else "")
@@ -303,7 +306,7 @@ class DaskExecutor:
             self.log.warning("dask.worker_left", host=address)
             self.host_gone(address)
         for address, threads in workers.items():
-            if address not in self.hosts:
+            if address not in self.hosts and address not in self.condemned:
                 self.hosts[address] = _Host(threads, now)
                 self.log.info("dask.worker_joined", host=address, threads=threads)
 
@@ -348,7 +351,10 @@ class DaskExecutor:
         if self.deaths[address] == 0 or address in self.hosts:
             self.totals["worker_restarts"] += 1
         self.deaths[address] += 1
-        self.lose(flight, True, f"dask worker {address} died")
+        if flight.bystander:
+            self.lose(flight, False, f"dask worker {address} was restarted for another chunk")
+        else:
+            self.lose(flight, True, f"dask worker {address} died")
         self.host_gone(address)
 
     def finish(self, flight: _Flight, value: tuple[bytes, dict[str, int], list[Any]]) -> None:
@@ -388,12 +394,24 @@ class DaskExecutor:
                            file=printable(os.path.basename(flight.chunk.path)), chunk=flight.chunk.index)
             self.link.cancel(flight.token)
             if flight.worker:
-                self.link.restart(flight.worker)
+                self.condemn(flight.worker, now)
             limit = self.config.workers.heartbeat_timeout
             self.lose(flight, True, f"no result for {age:.1f}s (heartbeat_timeout={limit})")
+        for address, until in list(self.condemned.items()):
+            if now >= until:
+                del self.condemned[address]
         if self.state == "up" and self.version < self.wanted and self.install_at and now >= self.install_at:
             self.install_at = 0.0
             self.install(bundle(self.config, self.wanted))
+
+    def condemn(self, address: str, now: float) -> None:
+        """Restart a worker (its hung thread cannot be stopped otherwise); nothing new goes to it."""
+        self.condemned[address] = now + _CONDEMNED_FOR
+        for other in self.flights.values():
+            if other.worker == address:
+                other.bystander = True
+        self.host_gone(address)
+        self.link.restart(address)
 
     def ready(self) -> bool:
         # Waiting for an unreachable scheduler is a state of a running daemon
