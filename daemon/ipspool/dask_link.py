@@ -34,7 +34,7 @@ from ipspool.config import ExecutorConfig
 from ipspool.dask_remote import STARTED_TOPIC, PipelineBundle, PipelinePlugin, run_chunk
 
 __all__ = ["Begun", "ClusterLink", "Connected", "Finished", "Installed", "Notice", "Restarted", "SchedulerLost",
-           "Unreachable", "WorkersSeen", "probe_scheduler", "security_for"]
+           "Unreachable", "WorkersSeen", "check_scheduler", "probe_scheduler", "security_for"]
 
 POLL_EVERY = 1.0        # seconds between looks at the scheduler (workers, identity)
 RETRY_EVERY = 2.0       # seconds between connection attempts
@@ -103,6 +103,21 @@ def security_for(settings: ExecutorConfig) -> Any:
         return None
     return _Security(tls_ca_file=settings.tls_ca_file, tls_client_cert=settings.tls_cert_file,
                     tls_client_key=settings.tls_key_file, require_encryption=True)
+
+
+def check_scheduler(settings: ExecutorConfig) -> str:
+    """One connection attempt: a summary of the cluster, or ConnectionError saying why not."""
+    try:
+        client = _Client(settings.scheduler, security=security_for(settings), timeout=settings.connect_timeout,
+                         set_as_default=False, name="ipspool-check")
+    except Exception as exc:  # noqa: BLE001 - every reason is reported to the operator
+        raise ConnectionError(f"{type(exc).__name__}: {exc}"[:300]) from None
+    try:
+        workers = client.scheduler_info()["workers"]
+        threads = sum(int(w["nthreads"]) for w in workers.values())
+        return f"{len(workers)} worker(s), {threads} thread(s)"
+    finally:
+        client.close(timeout=2)
 
 
 def probe_scheduler(dask_scheduler: Any) -> tuple[str, dict[str, int]]:

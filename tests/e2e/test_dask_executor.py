@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -239,3 +242,58 @@ def test_dask_hung_stage_is_lost_after_heartbeat_timeout_and_poison(make_daemon:
     wait_for((d.spool / "failed" / "hang.txt").exists, 10, what="the poison input in failed/")
     assert d.stop() == 0
     assert audit(d, {"hang.txt": [], **others}, allowed_failures=("poison",)) == {"hang.txt": "poison"}
+
+
+def refused_without_certificate(ca: str, port: int) -> bool:
+    """A TLS client that trusts the CA but shows no certificate gets no answer from the scheduler."""
+    context = ssl.create_default_context(cafile=ca)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                tls.sendall(b"\0" * 16)
+                return tls.recv(1) == b""
+        except (ssl.SSLError, ConnectionResetError):
+            return True
+
+
+def test_dask_over_tls_works_and_a_client_without_certificates_is_refused(make_daemon: Callable[..., Daemon],
+                                                                          tmp_path: Path) -> None:
+    """tls:// scheduler and worker with a test CA: the daemon processes; a client without certificates cannot join."""
+    need_distributed()
+    from distributed import Client
+
+    from tests.support.certs import OPENSSL_MISSING, make_tls
+
+    if shutil.which("openssl") is None:
+        pytest.skip(OPENSSL_MISSING)
+    ca, cert, key = make_tls(tmp_path / "tls")
+    with DaskCluster(tmp_path / "tls-cluster", tls=(ca, cert, key)) as secure:
+        secure.start_scheduler()
+        secure.start_worker(threads=2)
+        with pytest.raises((OSError, TimeoutError)):
+            Client(secure.address.replace("tls://", "tcp://"), timeout=3)
+        assert refused_without_certificate(ca, secure.port)
+        d = make_daemon()
+        d.write_config(**dask_settings(secure, tls_ca_file=ca, tls_cert_file=cert, tls_key_file=key))
+        def check() -> bool:
+            checked = d.ipspool("check-config", "--config", str(d.config_path))
+            assert checked.returncode == 0, checked.stderr
+            return "1 worker(s), 2 thread(s)" in checked.stdout
+
+        wait_for(check, 60, 0.5, what="check-config to see the TLS worker")
+        d.start()
+        d.drop("secure.txt", "10.9.8.7\n")
+        assert [r["ip"] for r in d.wait_result("secure.txt", 60)] == ["10.9.8.7"]
+        assert d.stop() == 0
+
+
+def test_check_config_says_when_the_dask_scheduler_does_not_answer(make_daemon: Callable[..., Daemon],
+                                                                   tmp_path: Path) -> None:
+    """check-config with kind = "dask": exit 4 naming executor.scheduler when nothing answers there."""
+    need_distributed()
+    d = make_daemon()
+    silent = DaskCluster(tmp_path / "silent")
+    d.write_config(**dask_settings(silent, connect_timeout=1.0))
+    checked = d.ipspool("check-config", "--config", str(d.config_path))
+    assert checked.returncode == 4
+    assert f"executor.scheduler: {silent.address} does not answer" in checked.stderr
