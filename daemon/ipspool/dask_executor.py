@@ -66,6 +66,7 @@ __all__ = ["DaskExecutor"]
 _REPORT_UNREACHABLE_EVERY = 30   # connection attempts between two dask.scheduler_unreachable events
 _INSTALL_RETRY = 10.0            # seconds before installing a pipeline the workers refused again
 _CONDEMNED_FOR = 60.0            # seconds a worker being restarted gets no chunks
+_REFRESH_EVERY = 5.0             # seconds between looks at the data files (as local workers do)
 
 
 @dataclass
@@ -108,6 +109,8 @@ class DaskExecutor:
         self.version = 0                # the pipeline version the workers have
         self.wanted = 0                 # the newest version asked for
         self.install_at = 0.0           # retry a refused install then
+        self.current: PipelineBundle | None = None
+        self.refresh_at = 0.0
         self.hosts: dict[str, _Host] = {}
         self.deaths: Counter[str] = Counter()
         self.flights: dict[str, _Flight] = {}
@@ -127,7 +130,8 @@ class DaskExecutor:
 
     def next_bundle(self) -> PipelineBundle:
         self.wanted += 1
-        return bundle(self.config, self.wanted)
+        self.current = bundle(self.config, self.wanted)
+        return self.current
 
     def post(self, notice: Notice) -> None:
         """From Dask's or the control thread: queue, then wake the loop."""
@@ -147,7 +151,14 @@ class DaskExecutor:
             self.handle(self.notices.popleft())
 
     def refresh(self) -> None:
-        self.install(self.next_bundle())
+        try:
+            package = self.next_bundle()
+        except OSError as exc:
+            self.wanted -= 1
+            self.log.error("dask.pipeline_failed", version=self.wanted + 1, error=f"reading data files: {exc}",
+                           action="keeping the pipeline installed before")
+            return
+        self.install(package)
 
     def reconfigure(self, config: Config, generation: int) -> None:
         moved = config.executor != self.config.executor
@@ -337,7 +348,7 @@ class DaskExecutor:
         elif isinstance(error, StalePipeline):
             self.lose(flight, False, str(error))
             if self.clock.monotonic() >= self.install_at:
-                self.install(bundle(self.config, self.wanted))
+                self.install(self.current or bundle(self.config, self.wanted))
         elif isinstance(error, asyncio.CancelledError):
             self.lose(flight, False, "cancelled by the cluster (scheduler connection lost?)")
         else:
@@ -397,12 +408,16 @@ class DaskExecutor:
                 self.condemn(flight.worker, now)
             limit = self.config.workers.heartbeat_timeout
             self.lose(flight, True, f"no result for {age:.1f}s (heartbeat_timeout={limit})")
+        if now >= self.refresh_at:
+            self.refresh_at = now + _REFRESH_EVERY
+            if self.current is not None and self.current.changed():
+                self.refresh()  # a list or database was replaced: the workers get the new contents
         for address, until in list(self.condemned.items()):
             if now >= until:
                 del self.condemned[address]
         if self.state == "up" and self.version < self.wanted and self.install_at and now >= self.install_at:
             self.install_at = 0.0
-            self.install(bundle(self.config, self.wanted))
+            self.install(self.current or bundle(self.config, self.wanted))
 
     def condemn(self, address: str, now: float) -> None:
         """Restart a worker (its hung thread cannot be stopped otherwise); nothing new goes to it."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from distributed import WorkerPlugin, get_worker
 from ipspool.config import Config
 from ipspool.pipeline import Pipeline, load_pipeline, process_chunk
 from ipspool.protocol import Alert
+from ipspool.stages._files import FileStamp, stamp_path
 
 __all__ = ["PLUGIN_NAME", "STARTED_TOPIC", "PipelineBundle", "PipelinePlugin", "StalePipeline", "bundle", "run_chunk"]
 
@@ -45,6 +46,11 @@ class PipelineBundle:
     version: int
     config: Config
     files: dict[str, bytes]  # path in the daemon's configuration -> contents
+    stamps: dict[str, FileStamp | None] = field(default_factory=dict)  # what each file was when read
+
+    def changed(self) -> bool:
+        """A data file was replaced or rewritten since it was read."""
+        return any(stamp_path(path) != stamp for path, stamp in self.stamps.items())
 
 
 def _data_paths(config: Config) -> list[str]:
@@ -57,10 +63,12 @@ def _data_paths(config: Config) -> list[str]:
 def bundle(config: Config, version: int) -> PipelineBundle:
     """Read every data file the pipeline needs (OSError if one cannot be read)."""
     files: dict[str, bytes] = {}
+    stamps: dict[str, FileStamp | None] = {}
     for path in _data_paths(config):
+        stamps[path] = stamp_path(path)  # before reading: a change in between is seen next time
         with open(path, "rb") as handle:
             files[path] = handle.read()
-    return PipelineBundle(version, config, files)
+    return PipelineBundle(version, config, files, stamps)
 
 
 def localized(config: Config, files: dict[str, str]) -> Config:

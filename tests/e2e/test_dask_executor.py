@@ -297,3 +297,30 @@ def test_check_config_says_when_the_dask_scheduler_does_not_answer(make_daemon: 
     checked = d.ipspool("check-config", "--config", str(d.config_path))
     assert checked.returncode == 4
     assert f"executor.scheduler: {silent.address} does not answer" in checked.stderr
+
+
+def test_dask_list_change_installs_a_new_pipeline_version_that_late_workers_get(
+        make_daemon: Callable[..., Daemon], cluster: DaskCluster) -> None:
+    """A replaced list file: a new pipeline version on the cluster; a worker that joins later has it too."""
+    first = cluster.start_worker(threads=2, name="first")
+    d = make_daemon()
+    lists = d.root / "customers.txt"
+    lists.write_text("10.0.0.0/8\n")
+    d.write_config(pipeline={"stages": ["classify", "lists"]},
+                   lists=[{"name": "customers", "path": str(lists), "alert": False}], **dask_settings(cluster))
+    d.start()
+    d.drop("before.txt", "10.1.1.1\n172.16.0.1\n")
+    assert [r["lists"] for r in d.wait_result("before.txt")] == [["customers"], []]
+    replacement = d.root / "customers.new"
+    replacement.write_text("10.0.0.0/8\n172.16.0.0/12\n")
+    replacement.rename(lists)
+    d.signal(signal.SIGHUP)
+    assert d.wait_event("config.reloaded")["mode"] == "refresh"
+    d.wait_event("dask.pipeline_installed", where=lambda e: e["version"] >= 2)
+    cluster.start_worker(threads=2, name="late")
+    d.wait_event("dask.worker_joined", where=lambda e: len(d.events("dask.worker_joined")) >= 2)
+    os.killpg(first.pid, signal.SIGKILL)  # only the late worker is left
+    d.wait_event("dask.worker_left")
+    d.drop("after.txt", "10.1.1.1\n172.16.0.1\n")
+    assert [r["lists"] for r in d.wait_result("after.txt")] == [["customers"], ["customers"]]
+    assert d.stop() == 0
