@@ -22,6 +22,19 @@ def _age(seconds: float) -> str:
     return f"{secs}s"
 
 
+def _executor_lines(table: list[dict[str, Any]]) -> list[str]:
+    """The Dask executor's line: scheduler, its state, workers and threads, chunks in flight."""
+    summary = next((row for row in table if row.get("scheduler_state")), None)
+    if summary is None:
+        return []
+    hosts = [row for row in table if row is not summary]
+    inflight = sum(row.get("inflight", 0) for row in table)
+    return [f"Executor: dask {summary.get('host', '?')} ({summary['scheduler_state']}, pipeline "
+            f"v{summary.get('pipeline_version', 0)}): {len(hosts)} worker(s), "
+            f"{sum(row.get('threads', 0) for row in hosts)} thread(s), {inflight} chunk(s) in flight "
+            f"({summary.get('inflight', 0)} not begun), {sum(row.get('restarts', 0) for row in hosts)} worker deaths"]
+
+
 def render_status(snapshot: dict[str, Any]) -> str:
     daemon = snapshot.get("daemon", {})
     totals = snapshot.get("totals", {})
@@ -47,19 +60,23 @@ def render_status(snapshot: dict[str, Any]) -> str:
     if reload:
         verdict = "ok" if reload.get("ok") else "REFUSED: " + "; ".join(reload.get("problems", []))
         lines.append(f"  Reload: {verdict} ({_age(time.time() - reload.get('time', 0))} ago)")
+    table = daemon.get("worker_table", [])
+    lines += _executor_lines(table)
     lines.append("")
     header = (f"  {'WORKER':<7}{'PID':>8}  {'STATE':<9}{'UPTIME':>8}{'RESTARTS':>10}{'INFLIGHT':>10}  "
               f"{'HEARTBEAT':>9}  {'CHUNKS':>7}  {'LINES':>10}")
     lines.append(header + "  CURRENT")
-    for row in daemon.get("worker_table", []):
+    for row in table:
+        if row.get("scheduler_state"):
+            continue  # the Dask executor's summary row: shown above
         state = "retiring" if row.get("retiring") else ("ready" if row.get("ready") else "starting")
         if row.get("inflight"):
             state = "busy" if not row.get("retiring") else state
-        done = progress.get(row.get("pid"), {})
+        done = row if "chunks_done" in row else progress.get(row.get("pid"), {})
         lines.append(
             f"  {row.get('slot', '?'):<7}{row.get('pid', '?'):>8}  {state:<9}{_age(row.get('uptime', 0)):>8}"
             f"{row.get('restarts', 0):>10}{row.get('inflight', 0):>10}  "
             f"{row.get('heartbeat_age', 0):>8.1f}s  {done.get('chunks_done', 0):>7}  {done.get('lines_done', 0):>10}  "
-            f"{', '.join(row.get('current', [])) or '-'}"
+            f"{', '.join(row.get('current', [])) or '-'}" + (f"  [{row['host']}]" if row.get("host") else "")
         )
     return "\n".join(lines) + "\n"

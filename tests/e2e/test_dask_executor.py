@@ -82,6 +82,9 @@ def test_dask_results_are_byte_identical_to_the_local_executor(make_daemon: Call
         for file, content in inputs.items():
             d.drop(file, content)
         outputs.append(results_of(d, list(inputs)))
+        if name == "dask":
+            status = d.ipspool("status", "--config", str(d.config_path)).stdout
+            assert "Executor: dask tcp://127.0.0.1" in status and "2 worker(s), 4 thread(s)" in status, status
         assert d.stop() == 0
         if name == "dask":
             assert d.events("dask.connected") and d.events("dask.pipeline_installed")
