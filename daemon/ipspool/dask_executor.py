@@ -421,6 +421,8 @@ class DaskExecutor:
 
     def condemn(self, address: str, now: float) -> None:
         """Restart a worker (its hung thread cannot be stopped otherwise); nothing new goes to it."""
+        if address in self.condemned:
+            return  # restarting already (two chunks timed out there at once)
         self.condemned[address] = now + _CONDEMNED_FOR
         for other in self.flights.values():
             if other.worker == address:
