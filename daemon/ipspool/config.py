@@ -178,7 +178,7 @@ class ExecutorConfig(_Section):
         "", description='The Dask scheduler, "tcp://HOST:PORT" or "tls://HOST:PORT" (kind = "dask").'
     )
     max_inflight: Annotated[int, Field(ge=0)] = Field(
-        0, description="Chunks sent to the cluster at a time; 0: the cluster's total thread count."
+        0, description="Chunks sent to the cluster at a time; 0: its thread count plus one per worker."
     )
     connect_timeout: PositiveFloat = Field(
         10.0, description="Seconds one attempt to reach the scheduler may take; attempts repeat until it answers."

@@ -192,8 +192,11 @@ class DaskExecutor:
     def free_slots(self) -> int:
         if not self.up():
             return 0
-        threads = sum(h.threads for a, h in self.hosts.items() if a != self.alone_on)
-        cap = self.config.executor.max_inflight or threads
+        usable = [h for a, h in self.hosts.items() if a != self.alone_on]
+        threads = sum(h.threads for h in usable)
+        # One chunk more than threads per worker: its next chunk waits there
+        # instead of a round trip through this loop after each result.
+        cap = self.config.executor.max_inflight or threads + len(usable)
         return max(0, cap - len(self.flights)) if threads else 0
 
     def busy_hosts(self) -> set[str]:

@@ -81,11 +81,11 @@ def events(executor: Any) -> list[Any]:
 
 
 def test_chunks_in_flight_are_bounded_by_the_cluster_threads(setup: Any) -> None:
-    """free_slots: the cluster's thread count, minus what is out; nothing while the pipeline is not installed."""
+    """free_slots: the cluster's threads plus one per worker, minus what is out; none on an old pipeline."""
     executor, _, _, data = setup
-    assert executor.free_slots() == 3
+    assert executor.free_slots() == 3 + 2
     executor.submit(chunk(data))
-    assert executor.free_slots() == 2 and executor.inflight() == 1
+    assert executor.free_slots() == 4 and executor.inflight() == 1
     executor.refresh()
     assert executor.free_slots() == 0, "a chunk must not run on the old pipeline version"
 
@@ -135,7 +135,7 @@ def test_scheduler_lost_hands_every_chunk_back_uncharged_and_takes_nothing_until
     executor.handle(Connected("tcp://127.0.0.1:1", {"tcp://w3:1": 2}))
     assert executor.free_slots() == 0
     executor.handle(Installed(1))
-    assert executor.free_slots() == 2
+    assert executor.free_slots() == 2 + 1
 
 
 def test_cancelled_or_stale_chunks_are_sent_again_uncharged(setup: Any) -> None:
