@@ -113,6 +113,7 @@ class DaskExecutor:
         self.refresh_at = 0.0
         self.hosts: dict[str, _Host] = {}
         self.deaths: Counter[str] = Counter()
+        self.losses: Counter[str] = Counter()  # chunks handed back: "charged" (an attempt) or "resent"
         self.flights: dict[str, _Flight] = {}
         self.tokens = itertools.count(1)
         self.alone_on = ""
@@ -251,6 +252,7 @@ class DaskExecutor:
         self.link.forget(flight.token)
         if flight.alone:
             self.alone_on = ""
+        self.losses["charged" if started else "resent"] += 1
         self._events.append(Lost(flight.chunk, started, cause))
 
     def inflight(self) -> int:
@@ -462,6 +464,7 @@ class DaskExecutor:
         waiting = sum(1 for f in self.flights.values() if not f.worker)
         rows.append({"slot": "queued", "pid": 0, "host": self.config.executor.scheduler, "executor": self.kind,
                      "scheduler_state": self.state, "pipeline_version": self.version, "ready": self.up(),
+                     "retried": self.losses["charged"], "resent": self.losses["resent"],
                      "retiring": False, "state": self.state, "inflight": waiting, "heartbeat_age": 0.0,
                      "uptime": 0.0, "restarts": 0, "current": []})
         return rows

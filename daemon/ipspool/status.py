@@ -32,7 +32,8 @@ def _executor_lines(table: list[dict[str, Any]]) -> list[str]:
     return [f"Executor: dask {summary.get('host', '?')} ({summary['scheduler_state']}, pipeline "
             f"v{summary.get('pipeline_version', 0)}): {len(hosts)} worker(s), "
             f"{sum(row.get('threads', 0) for row in hosts)} thread(s), {inflight} chunk(s) in flight "
-            f"({summary.get('inflight', 0)} not begun), {sum(row.get('restarts', 0) for row in hosts)} worker deaths"]
+            f"({summary.get('inflight', 0)} not begun), {sum(row.get('restarts', 0) for row in hosts)} worker deaths, "
+            f"{summary.get('retried', 0)} chunk(s) retried, {summary.get('resent', 0)} sent again uncharged"]
 
 
 def render_status(snapshot: dict[str, Any]) -> str:

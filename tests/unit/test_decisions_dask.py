@@ -132,6 +132,8 @@ def test_scheduler_lost_hands_every_chunk_back_uncharged_and_takes_nothing_until
     lost = events(executor)
     assert [(type(e), e.started) for e in lost] == [(Lost, False), (Lost, False)]
     assert executor.free_slots() == 0 and executor.ready()
+    [summary] = executor.describe(0.0)
+    assert summary["scheduler_state"] == "down" and summary["resent"] == 2 and summary["retried"] == 0
     executor.handle(Connected("tcp://127.0.0.1:1", {"tcp://w3:1": 2}))
     assert executor.free_slots() == 0
     executor.handle(Installed(1))
