@@ -327,3 +327,23 @@ def test_dask_list_change_installs_a_new_pipeline_version_that_late_workers_get(
     d.drop("after.txt", "10.1.1.1\n172.16.0.1\n")
     assert [r["lists"] for r in d.wait_result("after.txt")] == [["customers"], ["customers"]]
     assert d.stop() == 0
+
+
+def test_dask_reload_with_new_stages_runs_no_chunk_on_the_old_pipeline(make_daemon: Callable[..., Daemon],
+                                                                       cluster: DaskCluster) -> None:
+    """HUP with changed stages: a new pipeline version is installed before config.reloaded; new files use it."""
+    cluster.start_worker(threads=2)
+    d = make_daemon()
+    d.write_config(**dask_settings(cluster))
+    d.start()
+    d.drop("before.txt", "10.1.1.1\n")
+    assert "tagged" not in d.wait_result("before.txt")[0]
+    d.write_config(pipeline={"stages": ["classify", "tests.support.stagelib:tag"]}, **dask_settings(cluster))
+    d.signal(signal.SIGHUP)
+    reloaded = d.wait_event("config.reloaded")
+    assert reloaded["mode"] == "replace"
+    installed = [e for e in d.events("dask.pipeline_installed") if e["version"] >= 2]
+    assert installed and installed[0]["stages"] == ["classify", "tests.support.stagelib:tag"]
+    d.drop("after.txt", "10.1.1.1\n")
+    assert d.wait_result("after.txt")[0]["tagged"] == 4
+    assert d.stop() == 0
