@@ -8,7 +8,7 @@ hands the task to the client's thread and returns at once.
 
 What the link learns becomes a ``Notice`` passed to ``post`` (the executor
 queues it and wakes its loop through a pipe): a result or error of a task
-(fetched on Dask's callback thread), a task that began and where, the
+(fetched by a coroutine on the client's loop), a task that began and where, the
 workers and their threads, the scheduler answering, unreachable, lost or
 replaced, a pipeline version installed.
 
@@ -38,7 +38,6 @@ __all__ = ["Begun", "ClusterLink", "Connected", "Finished", "Installed", "Notice
 
 POLL_EVERY = 1.0        # seconds between looks at the scheduler (workers, identity)
 RETRY_EVERY = 2.0       # seconds between connection attempts
-RESULT_TIMEOUT = 120.0  # seconds to fetch one finished task's result from its worker
 
 # distributed's API is only partly annotated: its client and futures are Any here.
 _Client: Any = distributed.Client
@@ -155,7 +154,7 @@ class ClusterLink:
         future = client.submit(run_chunk, token, data, first_line, version, limit, key=f"ipspool-{token}",
                                pure=False, retries=0, workers=workers, allow_other_workers=False)
         self.futures[token] = future
-        future.add_done_callback(partial(self._finished, token))
+        client.loop.add_callback(self._collect, token, future)
 
     def forget(self, token: str) -> None:
         self.futures.pop(token, None)
@@ -292,10 +291,15 @@ class ClusterLink:
 
     # -- Dask's threads -----------------------------------------------------------
 
-    def _finished(self, token: str, future: Future) -> None:
-        """On Dask's callback thread: fetch the result (or the error) and pass it on."""
+    async def _collect(self, token: str, future: Future) -> None:
+        """On the client's loop: wait for the task, fetch its result (or error), pass it on.
+
+        One coroutine per task, so results are fetched concurrently; Dask's
+        done-callbacks run on one thread, where each blocking fetch would
+        wait for the one before (60 small files a second at most).
+        """
         try:
-            value = future.result(timeout=RESULT_TIMEOUT)
+            value = await future._result()
         except BaseException as exc:  # noqa: BLE001 - every outcome (cancelled included) is the executor's to judge
             self.post(Finished(token, None, exc))
             return
