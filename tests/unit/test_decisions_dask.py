@@ -215,3 +215,21 @@ def test_dask_config_needs_a_scheduler_url_and_whole_tls_settings() -> None:
             parse_config({"executor": executor})
     parse_config({"executor": {"kind": "dask", "scheduler": "tls://h:1", "tls_ca_file": "a", "tls_cert_file": "b",
                                "tls_key_file": "c"}})
+
+
+def test_status_shows_the_dask_executor_line_and_its_workers() -> None:
+    """render_status: one Executor line from the summary row, a table row per Dask worker with its address."""
+    from ipspool.status import render_status
+
+    table = [
+        {"slot": 0, "pid": 0, "host": "tcp://10.0.0.7:40000", "executor": "dask", "threads": 4, "ready": True,
+         "retiring": False, "inflight": 3, "heartbeat_age": 1.5, "uptime": 60, "restarts": 1,
+         "chunks_done": 12, "lines_done": 3400, "current": ["big.txt"]},
+        {"slot": "queued", "pid": 0, "host": "tls://sched:8786", "executor": "dask", "scheduler_state": "up",
+         "pipeline_version": 2, "ready": True, "retiring": False, "inflight": 1, "retried": 2, "resent": 5},
+    ]
+    text = render_status({"daemon": {"worker_table": table}, "totals": {}})
+    assert ("Executor: dask tls://sched:8786 (up, pipeline v2): 1 worker(s), 4 thread(s), 4 chunk(s) in flight "
+            "(1 not begun), 1 worker deaths, 2 chunk(s) retried, 5 sent again uncharged") in text
+    [row] = [line for line in text.splitlines() if "[tcp://10.0.0.7:40000]" in line]
+    assert "big.txt" in row and "3400" in row and "queued" not in text
