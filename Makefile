@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	    echo "creating the virtualenv failed; on Debian: sudo apt-get install python3-venv"; exit 1; \
 	  fi; }
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dask]'
 	@touch $(STAMP)
 
 demo: $(STAMP)
@@ -40,7 +40,7 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[test,dask,bench]'
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 deb:

@@ -121,9 +121,26 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     problems = path_problems(config.spool_dir, config.results_dir, config.runtime_dir, config.log.file)
     if problems:
         raise ConfigError(args.config or "<defaults>", tuple(problems))
+    executor = f"{config.process_count} worker(s) x {config.workers.threads} threads"
+    if config.executor.kind == "dask":
+        executor = f"dask at {config.executor.scheduler}: {_check_scheduler(config, args.config or '<defaults>')}"
     print(f"{args.config or '<defaults>'}: OK ({len(config.pipeline.stages)} stage(s), "
-          f"{config.process_count} worker(s) x {config.workers.threads} threads, spool {config.spool_dir})")
+          f"{executor}, spool {config.spool_dir})")
     return ExitCode.OK
+
+
+def _check_scheduler(config: Config, source: str) -> str:
+    """The Dask scheduler answers (a summary of its cluster), or a ConfigError saying why not."""
+    try:
+        from ipspool.dask_link import check_scheduler
+    except ImportError:
+        raise ConfigError(source, ('executor.kind = "dask" needs the distributed package: '
+                                   "pip install 'ipspool[dask]'",)) from None
+    try:
+        return check_scheduler(config.executor)
+    except ConnectionError as exc:
+        problem = f"executor.scheduler: {config.executor.scheduler} does not answer: {exc}"
+        raise ConfigError(source, (problem,)) from None
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 __all__ = [
     "AlertsConfig",
     "Config",
     "ConfigError",
+    "ExecutorConfig",
     "GeoipConfig",
     "ListConfig",
     "LogConfig",
@@ -178,6 +179,35 @@ class MetricsConfig(_Section):
     interval: PositiveFloat = Field(5.0, description="Seconds between metrics writes.")
 
 
+class ExecutorConfig(_Section):
+    kind: Literal["local", "dask"] = Field(
+        "local", description="Where chunks run: local (forked workers on this host) or dask (a Dask cluster)."
+    )
+    scheduler: str = Field(
+        "", description='The Dask scheduler, "tcp://HOST:PORT" or "tls://HOST:PORT" (kind = "dask").'
+    )
+    max_inflight: Annotated[int, Field(ge=0)] = Field(
+        0, description="Chunks sent to the cluster at a time; 0: its thread count plus one per worker."
+    )
+    connect_timeout: PositiveFloat = Field(
+        10.0, description="Seconds one attempt to reach the scheduler may take; attempts repeat until it answers."
+    )
+    tls_ca_file: str = Field("", description="CA certificate the scheduler and workers are checked against (tls://).")
+    tls_cert_file: str = Field("", description="This daemon's client certificate for a tls:// scheduler.")
+    tls_key_file: str = Field("", description="The private key of tls_cert_file.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExecutorConfig:
+        tls = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        if self.kind == "dask" and not self.scheduler.startswith(("tcp://", "tls://")):
+            raise ValueError('kind = "dask" needs scheduler = "tcp://HOST:PORT" or "tls://HOST:PORT"')
+        if self.scheduler.startswith("tls://") and not all(tls):
+            raise ValueError("a tls:// scheduler needs tls_ca_file, tls_cert_file and tls_key_file")
+        if any(tls) and not self.scheduler.startswith("tls://"):
+            raise ValueError("tls_* files are set but the scheduler is not tls://")
+        return self
+
+
 class Config(_Section):
     spool: SpoolConfig = SpoolConfig()
     workers: WorkersConfig = WorkersConfig()
@@ -188,6 +218,7 @@ class Config(_Section):
     geoip: GeoipConfig = GeoipConfig()
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()
+    executor: ExecutorConfig = ExecutorConfig()
 
     @field_validator("lists", mode="before")
     @classmethod

@@ -63,12 +63,33 @@ def _worker_row(row: dict[str, Any], done: dict[str, Any]) -> str:
         state = "busy" if not row.get("retiring") else state
     current = row.get("current")
     names = [terminal_safe(name) for name in current] if isinstance(current, list) else []
+    host = f"  [{terminal_safe(row['host'])}]" if row.get("host") else ""
     return (
         f"  {_int(row.get('slot')):<7}{_int(row.get('pid')):>8}  {state:<9}{_age(_number(row.get('uptime'))):>8}"
         f"{_int(row.get('restarts', 0)):>10}{_int(row.get('inflight', 0)):>10}  "
         f"{_number(row.get('heartbeat_age')):>8.1f}s  {_int(done.get('chunks_done', 0)):>7}  "
-        f"{_int(done.get('lines_done', 0)):>10}  {', '.join(names) or '-'}"
+        f"{_int(done.get('lines_done', 0)):>10}  {', '.join(names) or '-'}{host}"
     )
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _executor_lines(table: list[dict[str, Any]]) -> list[str]:
+    """The Dask executor's line: scheduler, its state, workers and threads, chunks in flight."""
+    summary = next((row for row in table if row.get("scheduler_state")), None)
+    if summary is None:
+        return []
+    hosts = [row for row in table if row is not summary]
+    inflight = sum(_count(row.get("inflight", 0)) for row in table)
+    return [f"Executor: dask {terminal_safe(summary.get('host', '?'))} ({terminal_safe(summary['scheduler_state'])}, "
+            f"pipeline v{_int(summary.get('pipeline_version', 0))}): {len(hosts)} worker(s), "
+            f"{sum(_count(row.get('threads', 0)) for row in hosts)} thread(s), {inflight} chunk(s) in flight "
+            f"({_int(summary.get('inflight', 0))} not begun), "
+            f"{sum(_count(row.get('restarts', 0)) for row in hosts)} worker deaths, "
+            f"{_int(summary.get('retried', 0))} chunk(s) retried, "
+            f"{_int(summary.get('resent', 0))} sent again uncharged"]
 
 
 def render_status(snapshot: dict[str, Any]) -> str:
@@ -99,12 +120,16 @@ def render_status(snapshot: dict[str, Any]) -> str:
         shown = "; ".join(map(terminal_safe, problems)) if isinstance(problems, list) else "?"
         verdict = "ok" if reload.get("ok") else "REFUSED: " + shown
         lines.append(f"  Reload: {verdict} ({_age(now - _number(reload.get('time')))} ago)")
+    table = daemon.get("worker_table")
+    rows = [row for row in table if isinstance(row, dict)] if isinstance(table, list) else []
+    lines += _executor_lines(rows)
     lines.append("")
     header = (f"  {'WORKER':<7}{'PID':>8}  {'STATE':<9}{'UPTIME':>8}{'RESTARTS':>10}{'INFLIGHT':>10}  "
               f"{'HEARTBEAT':>9}  {'CHUNKS':>7}  {'LINES':>10}")
     lines.append(header + "  CURRENT")
-    table = daemon.get("worker_table")
-    for row in table if isinstance(table, list) else []:
-        if isinstance(row, dict):
-            lines.append(_worker_row(row, _mapping(progress.get(row.get("pid")))))
+    for row in rows:
+        if row.get("scheduler_state"):
+            continue  # the Dask executor's summary row: shown above
+        done = row if "chunks_done" in row else _mapping(progress.get(row.get("pid")))
+        lines.append(_worker_row(row, done))
     return "\n".join(lines) + "\n"

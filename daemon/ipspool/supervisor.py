@@ -135,6 +135,13 @@ class Supervisor:
         self.recover()
         self.ctx.set_forkserver_preload(["ipspool.forkserver"])
         self.stats.start(self.selector)
+        if self._executor is None and config.executor.kind == "dask":
+            try:
+                from ipspool.dask_executor import DaskExecutor  # distributed is an optional extra
+            except ImportError as exc:
+                raise ConfigError(self.config_path or "<config>", (
+                    f"executor.kind = \"dask\" needs the ipspool[dask] extra ({exc})",)) from None
+            self._executor = DaskExecutor(config, self.spool.parts_dir, self.clock, self.reporter.totals)
         if self._executor is None:
             launcher = ForkserverLauncher(self.ctx, config.runtime_dir, self.authkey, self.spool.parts_dir,
                                           self.clock)
