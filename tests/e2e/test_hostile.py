@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from ipspool.config import Config, ConfigError, parse_config
 from ipspool.pipeline import load_pipeline, process_chunk, split_lines
 from tests.support.daemon import REPO, Daemon, wait_for, write_toml
-from tests.support.spoolcheck import python_for, records_of, start_under, vm_hwm_kib, wait_ready
+from tests.support.spoolcheck import install_for_nobody, records_of, start_under, vm_hwm_kib, wait_ready
 
 # -- lines ----------------------------------------------------------------------
 
@@ -268,10 +268,7 @@ def test_file_the_service_user_cannot_read_goes_to_failed(nobody_root: Path) -> 
     for path in (d.root, d.config_path):
         os.chown(path, 65534, 65534)
     prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    found = python_for(prefix)
-    if found is None:
-        pytest.skip("no python interpreter here is executable by nobody")
-    python, env = found
+    python, env = install_for_nobody(nobody_root / "python")
     try:
         start_under(d, prefix, env, python)
         wait_ready(d)
