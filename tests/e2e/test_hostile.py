@@ -25,8 +25,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipspool.config import Config, ConfigError, parse_config
-from ipspool.pipeline import load_pipeline, process_chunk, split_lines
+from ipspool.pipeline import load_pipeline, process_chunk
 from tests.support.daemon import REPO, Daemon, wait_for, write_toml
+from tests.support.lines import physical_lines
 from tests.support.spoolcheck import install_for_nobody, records_of, start_under, vm_hwm_kib, wait_ready
 
 # -- lines ----------------------------------------------------------------------
@@ -103,7 +104,7 @@ def test_parser_never_raises_and_accounts_for_every_line(data: bytes, first: int
                            "spool": {"max_line_bytes": max_line}})
     out, counts = process_chunk(data, first, load_pipeline(config))
     records = [json.loads(line) for line in out.splitlines()]
-    assert counts["lines"] == len(split_lines(data))
+    assert counts["lines"] == len(physical_lines(data))
     assert counts["valid"] + counts["invalid"] == len(records)
     assert len(records) + counts["skipped"] == counts["lines"]
     numbers = [r["line"] for r in records]

@@ -17,22 +17,10 @@ from ipspool import pipeline as pipeline_module
 from ipspool.address import Address
 from ipspool.config import parse_config
 from ipspool.pipeline import Pipeline, load_pipeline, process_chunk
+from tests.support.lines import physical_lines
 
 _BOM = b"\xef\xbb\xbf"
 _ASCII_SPACE = b" \t\n\r\x0b\x0c"
-
-
-def physical_lines(data: bytes) -> list[bytes]:
-    """The chunk's lines, counted by hand: every b"\n" ends one; a last piece without one is a line too."""
-    lines: list[bytes] = []
-    start = 0
-    while start < len(data):
-        end = data.find(b"\n", start)
-        if end < 0:
-            end = len(data)
-        lines.append(data[start:end])
-        start = end + 1
-    return lines
 
 
 def ip_error(text: str) -> str | None:
