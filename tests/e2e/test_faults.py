@@ -125,15 +125,16 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(directory: Path) -> Path:
-    """Write a filler file until the filesystem is full."""
+    """Write a filler file until the filesystem is full (ENOSPC, and no other error)."""
     filler = directory / "filler"
     with open(filler, "wb") as handle:
         try:
             while True:
                 handle.write(b"\0" * 65536)
                 handle.flush()
-        except OSError:
-            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
     return filler
 
 

@@ -105,6 +105,14 @@ class Machine(NspawnContainer):
         entries = [json.loads(line) for line in self.run(*args).stdout.splitlines() if line.strip()]
         return [e for e in entries if e["__CURSOR"] != after]
 
+    def control_exit_status(self, after: str, command: str = "ExecReload", timeout: float = 30) -> int:
+        """The exit status of the unit's ``command`` (systemd's process-exit entry) logged after ``after``."""
+        def find() -> list[int]:  # a list, so that exit status 0 counts as found
+            return [int(e["EXIT_STATUS"]) for e in self.journal(after)
+                    if e.get("COMMAND") == command and "EXIT_STATUS" in e]
+
+        return wait_for(find, timeout, 0.2, what=f"the exit of {command}")[0]  # type: ignore[no-any-return]
+
     def events(self, after: str = "", name: str | None = None) -> list[dict[str, Any]]:
         """Our JSON log events (journald already stripped the <N> prefix)."""
         found = []
