@@ -6,9 +6,9 @@ import json
 import os
 import random
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,13 +113,20 @@ def test_worker_killed_mid_chunk_loses_nothing(make_daemon: Callable[..., Daemon
     d.start()
     lines = addresses(600)
     d.drop("victim.txt", "\n".join(lines) + "\n")
-    d.wait_event("file.claimed")
-    time.sleep(0.5)
-    victim = d.worker_pids()[0]
+
+    def worker_holding_the_file() -> dict[str, Any] | None:
+        out = d.ipspool("status", "--config", str(d.config_path), "--json")
+        rows = json.loads(out.stdout)["daemon"]["worker_table"] if out.returncode == 0 else []
+        return next((row for row in rows if row["inflight"] and "victim.txt" in row["current"]), None)
+
+    busy = wait_for(worker_holding_the_file, what="a worker holding a chunk of victim.txt")
+    assert not d.result_path("victim.txt").exists(), "the file finished before the kill"
+    victim = busy["pid"]
     os.kill(victim, signal.SIGKILL)
     check_result(d.wait_result("victim.txt", timeout=120), lines)
     died = d.wait_event("worker.died", where=lambda e: e["worker_pid"] == victim)
     assert died["cause"] == "signal 9"
+    assert died["chunks_in_flight"] >= 1, "the worker died holding no chunk: nothing was mid-chunk"
     d.wait_event("worker.replaced")
     wait_for(lambda: len(d.worker_pids()) == 2, what="two workers again")
 

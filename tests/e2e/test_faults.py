@@ -58,16 +58,22 @@ def test_random_kill_9_of_workers_manager_and_supervisor_loses_and_duplicates_no
     d.start()
     drop_all(d, inputs)
     killed = {"worker": 0, "manager": 0, "supervisor": 0}
+
+    def some_progress() -> None:
+        """Wait for a random number (1-4) of chunks to finish: the next fault lands mid-work."""
+        target = len(d.events("chunk.done")) + rng.randint(1, 4)
+        wait_for(lambda: len(d.events("chunk.done")) >= target, timeout=60, what="more chunks done")
+
     for _round in range(3):
-        time.sleep(rng.uniform(0.3, 0.9))
+        some_progress()
         if d.worker_pids():
             os.kill(rng.choice(d.worker_pids()), signal.SIGKILL)
             killed["worker"] += 1
-        time.sleep(rng.uniform(0.3, 0.9))
+        some_progress()
         for pid in d.pids_titled("ipspool: stats"):
             os.kill(pid, signal.SIGKILL)
             killed["manager"] += 1
-        time.sleep(rng.uniform(0.3, 0.9))
+        some_progress()
         crash_supervisor(d)
         killed["supervisor"] += 1
         start_under(d, [])
@@ -236,12 +242,14 @@ def test_stage_that_aborts_is_poison_without_a_fork_loop(make_daemon: Callable[.
     assert d.wait_failed("abort-2.txt")["reason"] == "poison"
     wait_for(lambda: settled(d, inputs), timeout=30, what="the other files")
     wait_for(lambda: len(d.worker_pids()) == 2, what="both workers back")
-    time.sleep(1.0)  # a fork loop would show up as more spawns
+    # A fork loop would show up as more spawns while one more file goes through.
+    d.drop("after.txt", "1.1.1.1\n")
+    assert d.wait_result("after.txt")[0]["ip"] == "1.1.1.1"
     died = d.events("worker.died")
     assert len(died) == 6 and all(e["cause"] == "signal 6" for e in died)
     assert len(d.events("worker.spawned")) == 2 + 6
     assert d.stop() == 0
-    audit(d, {"abort.txt": [], "abort-2.txt": [], **inputs}, allowed_failures=("poison",))
+    audit(d, {"abort.txt": [], "abort-2.txt": [], "after.txt": ["1.1.1.1"], **inputs}, allowed_failures=("poison",))
 
 
 def test_workers_that_cannot_start_halt_the_daemon_with_exit_3(make_daemon: Callable[..., Daemon]) -> None:

@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, get_args
@@ -136,17 +135,18 @@ def test_empty_comment_only_garbage_and_oversized_files(make_daemon: Callable[..
 
 
 def test_file_written_in_place_slowly_is_read_only_when_closed(make_daemon: Callable[..., Daemon]) -> None:
-    """A producer writing into incoming/ directly with short pauses: claimed after close, complete."""
-    d = make_daemon()
+    """A producer writing into incoming/ directly, a scan passing after each line: claimed after close, complete."""
+    d = make_daemon(spool={"rescan_interval": 0.25})  # scans come well within the settle time of each write
     d.start()
-    lines = [f"10.0.0.{i}" for i in range(1, 11)]
+    lines = [f"10.0.0.{i}" for i in range(1, 5)]
     with open(d.spool / "incoming" / "grow.txt", "w") as handle:
         for line in lines:
             handle.write(line + "\n")
             handle.flush()
-            time.sleep(0.3)  # shorter than the settle time, several rescans pass meanwhile
+            d.await_rescan()  # it saw the open file, modified less than a settle time ago
+            assert not [e for e in d.events("file.claimed") if e["file"] == "grow.txt"], "claimed while open"
     assert [r["ip"] for r in d.wait_result("grow.txt")] == lines
-    assert len(d.events("file.claimed")) == 1
+    assert len([e for e in d.events("file.claimed") if e["file"] == "grow.txt"]) == 1
     assert d.stop() == 0
 
 
@@ -194,8 +194,9 @@ def test_dotfiles_in_incoming_are_left_alone(daemon: Daemon) -> None:
     (daemon.spool / "incoming" / ".partial").write_text("1.1.1.1\n")
     daemon.drop("after.txt", "1.1.1.1\n")
     daemon.wait_result("after.txt")
-    time.sleep(1.5)  # a rescan passes
+    daemon.await_rescan()
     assert (daemon.spool / "incoming" / ".partial").exists()
+    assert {e["file"] for e in daemon.events("file.claimed")} == {"after.txt", "rescan-marker-1"}
 
 
 def test_same_name_twice_while_the_first_is_in_flight(make_daemon: Callable[..., Daemon]) -> None:
