@@ -108,12 +108,9 @@ def test_stop_mid_big_file_is_graceful_and_the_next_start_completes_it(machine: 
     lines = 3600  # ~10 chunks of ~1 s each on two workers
     machine.submit("big.txt", _addresses(lines))
     machine.wait_event("chunk.done", cursor)
-    began = time.monotonic()
     machine.systemctl("stop", UNIT)
-    took = time.monotonic() - began
     assert machine.show("TimeoutStopUSec")["TimeoutStopUSec"] == "1min"  # TimeoutStopSec=60
-    assert took < 60
-    assert machine.show("Result")["Result"] == "success"
+    assert machine.show("Result")["Result"] == "success"  # "timeout" had systemd killed it
     stopped = machine.wait_event("daemon.stopped", cursor)
     assert stopped["exit_code"] == 0
     assert not machine.events(cursor, "daemon.stop_timeout")
