@@ -329,3 +329,43 @@ def test_reload_to_a_log_file_that_cannot_be_opened_is_refused(make_daemon: Call
     d.drop("still.txt", "1.2.3.4\n")
     assert d.wait_result("still.txt")[0]["ip"] == "1.2.3.4"
     assert d.stop() == 0
+
+
+def test_a_run_logs_its_lifecycle_from_start_through_a_reload_to_the_stop(make_daemon: Callable[..., Daemon]) -> None:
+    """daemon.started names the setup; workers retired by a reload log worker.drained and are worker.stopped;
+    on TERM the new ones drain too."""
+    d = make_daemon(workers={"processes": 2, "threads": 3})
+    d.start()
+    started = d.wait_event("daemon.started")
+    assert started["spool"] == str(d.spool) and started["results"] == str(d.results)
+    assert started["processes"] == 2 and started["threads"] == 3
+    assert started["stages"] == ["classify"] and started["config"] == str(d.config_path)
+    first = {e["worker_pid"] for e in d.events("worker.spawned")}
+    d.drop("one.txt", "192.0.2.1\n198.51.100.2\nbad\n")
+    assert len(d.wait_result("one.txt")) == 3
+    d.write_config(workers={"threads": 2})  # a setting the workers hold: they are replaced
+    d.signal(signal.SIGHUP)
+    assert d.wait_event("config.reloaded")["mode"] == "replace"
+    wait_for(lambda: len(d.events("worker.stopped")) == 2, what="both old workers stopped")
+    stopped = d.events("worker.stopped")
+    assert {e["worker_pid"] for e in stopped} == first and {e["worker"] for e in stopped} == {0, 1}
+    drained = {e["pid"]: e for e in d.events("worker.drained")}
+    assert set(drained) == first
+    assert sum(e["chunks_done"] for e in drained.values()) == 1
+    assert sum(e["lines_done"] for e in drained.values()) == 3
+    second = {e["worker_pid"] for e in d.events("worker.spawned")} - first
+    assert len(second) == 2
+    assert d.stop() == 0
+    assert {e["pid"] for e in d.events("worker.drained")} == first | second
+
+
+def test_a_stage_that_cannot_be_loaded_at_start_is_config_invalid_exit_4(make_daemon: Callable[..., Daemon]) -> None:
+    """A configuration that parses but whose stage cannot be imported: config.invalid, exit 4, no worker."""
+    d = make_daemon(pipeline={"stages": ["classify", "no_such_module:stage"]})
+    d.start(wait_ready=False)
+    assert d.proc is not None and d.proc.wait(30) == 4
+    d.proc = None
+    invalid = d.wait_event("config.invalid")
+    assert invalid["level"] == "error" and invalid["source"] == "<config>"
+    assert any("no_such_module" in p for p in invalid["problems"])
+    assert not d.events("worker.spawned")

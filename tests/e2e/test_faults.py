@@ -388,3 +388,35 @@ def test_restart_after_crash_between_link_and_retire_does_not_redo(make_daemon: 
     assert records_of(d.results / "crashed.txt.jsonl") == [{"line": 1, "input": "1.1.1.1"}]
     assert not d.events("file.claimed")
     assert d.stop() == 0
+
+
+def test_an_error_escaping_a_batch_crashes_the_worker_and_the_file_is_poison(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """worker.batch_crashed: the worker exits 70 and is replaced; the chunk's attempts make the file poison."""
+    d = make_daemon(workers={"max_attempts": 2}, pipeline={"stages": ["classify", "tests.support.stagelib:escape"]})
+    d.start()
+    d.drop("escape.txt", "1.1.1.1\n6.6.6.6\n")
+    failure = d.wait_failed("escape.txt")
+    assert failure["reason"] == "poison" and failure["attempts"] == 2
+    crashed = d.events("worker.batch_crashed")
+    assert len(crashed) == 2 and all("KeyboardInterrupt" in e["error"] for e in crashed)
+    died = d.wait_event("worker.died")
+    assert died["exit_code"] == 70 and died["cause"] == "exit code 70"
+    d.drop("fine.txt", "2.2.2.2\n")
+    assert d.wait_result("fine.txt")[0]["ip"] == "2.2.2.2"
+    assert d.stop() == 0
+
+
+def test_workers_of_a_killed_supervisor_notice_and_exit(make_daemon: Callable[..., Daemon]) -> None:
+    """worker.orphaned: kill -9 of the supervisor; each worker sees its pipe close, logs it and exits."""
+    d = make_daemon(workers={"processes": 2})
+    d.start()
+    workers = set(d.worker_pids())
+    assert d.proc is not None
+    os.kill(d.proc.pid, signal.SIGKILL)
+    d.proc.wait(10)
+    wait_for(lambda: {e["pid"] for e in d.events("worker.orphaned")} == workers, what="both workers orphaned")
+    assert all(e["level"] == "warning" and e["reason"] for e in d.events("worker.orphaned"))
+    wait_for(lambda: not set(d.session_pids()) & workers, what="the orphaned workers to exit")
+    d.kill_all()  # the Manager, if it is still there

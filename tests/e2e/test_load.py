@@ -142,5 +142,7 @@ def test_simulated_overflow_rescans_and_finds_files_inotify_never_reported(make_
     assert count_results(d) == 1
     d.signal(signal.SIGUSR2)
     d.wait_event("watch.overflow")
+    rescan = d.wait_event("spool.rescan")
+    assert rescan["found"] == 50
     wait_for(lambda: count_results(d) == 51, timeout=30, what="the quiet files")
     assert d.stop() == 0
