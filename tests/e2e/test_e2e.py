@@ -111,7 +111,7 @@ def test_worker_killed_mid_chunk_loses_nothing(make_daemon: Callable[..., Daemon
     d = make_daemon(workers={"chunk_bytes": 4096, "threads": 4},
                     pipeline={"stages": ["classify", "tests.support.stagelib:slow"]})
     d.start()
-    lines = addresses(600)
+    lines = addresses(3000)  # ~8 s of work: the kill lands while chunks are in flight
     d.drop("victim.txt", "\n".join(lines) + "\n")
 
     def worker_holding_the_file() -> dict[str, Any] | None:
@@ -127,6 +127,9 @@ def test_worker_killed_mid_chunk_loses_nothing(make_daemon: Callable[..., Daemon
     died = d.wait_event("worker.died", where=lambda e: e["worker_pid"] == victim)
     assert died["cause"] == "signal 9"
     assert died["chunks_in_flight"] >= 1, "the worker died holding no chunk: nothing was mid-chunk"
+    retries = d.events("chunk.retry")
+    assert retries and all(e["file"] == "victim.txt" and e["attempt"] == 2 for e in retries)  # the retry is try 2
+    assert {e["cause"] for e in retries} == {"signal 9"}
     d.wait_event("worker.replaced")
     wait_for(lambda: len(d.worker_pids()) == 2, what="two workers again")
 
@@ -369,3 +372,26 @@ def test_a_stage_that_cannot_be_loaded_at_start_is_config_invalid_exit_4(make_da
     assert invalid["level"] == "error" and invalid["source"] == "<config>"
     assert any("no_such_module" in p for p in invalid["problems"])
     assert not d.events("worker.spawned")
+
+
+def test_a_second_term_stops_at_once_and_the_next_start_finishes_the_file(make_daemon: Callable[..., Daemon]) -> None:
+    """daemon.stop_now: TERM, then TERM again mid-drain; workers are killed, the file waits in active/."""
+    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 2},
+                    pipeline={"stages": ["classify", "tests.support.stagelib:slow"]})
+    d.start()
+    lines = addresses(600)  # ~6 s of work on two workers
+    d.drop("big.txt", "\n".join(lines) + "\n")
+    d.wait_event("chunk.done", where=lambda e: e["file"] == "big.txt")
+    d.signal(signal.SIGTERM)
+    stopping = d.wait_event("daemon.stopping")
+    assert stopping["inflight"] > 0
+    d.signal(signal.SIGTERM)
+    assert d.proc is not None and d.proc.wait(30) == 0
+    d.proc = None
+    now = d.wait_event("daemon.stop_now")
+    assert now["level"] == "warning" and now["signal"] == "SIGTERM"
+    assert not d.result_path("big.txt").exists()
+    assert [p.name for p in (d.spool / "active").iterdir()] == ["big.txt"]
+    d.start()
+    check_result(d.wait_result("big.txt", timeout=120), lines)
+    assert d.stop() == 0
