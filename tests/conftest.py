@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.support.daemon import Daemon
 
@@ -80,6 +81,14 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_line(f"{count:4d}  {reason}{allowed}")
     if not no_skip():
         terminalreporter.write_line(f"set {NO_SKIP}=1 to make these failures (as .ci/run does)")
+
+
+@pytest.fixture(autouse=True)
+def _logging_config_restored() -> Iterator[None]:
+    """A test that configures logging in-process (test_logging.py) leaves the next test's config alone."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture

@@ -305,7 +305,7 @@ def test_status_json_shows_a_non_utf8_name_in_progress(make_daemon: Callable[...
     d = make_daemon(workers={"threads": 2},
                     pipeline={"stages": ["classify", "tests.support.stagelib:sleepy"]})
     d.start()
-    body = ("\n".join(addresses(1200)) + "\n").encode()
+    body = ("\n".join(addresses(3000)) + "\n").encode()  # ~7 s in flight: time for a few status calls
     tmp = d.spool / "tmp" / "x"
     tmp.write_bytes(body)
     os.rename(tmp, os.fsencode(d.spool / "incoming") + b"/caf\xe9.txt")
