@@ -1,5 +1,6 @@
-"""``python -m bench.memory``: peak RSS of workers on a 1 GB input, and of the
-supervisor with 100,000 files waiting (issue 5's targets: under 80 MB each).
+"""``python -m bench.memory``: peak RSS of workers on a 1 GB input, of the
+supervisor with 100,000 files waiting (issue 5's targets: under 80 MB each),
+and the growth of both while a 50 MB line is refused (target: under 16 MiB).
 
     python -m bench.memory [--gigabytes 1.0] [--waiting 100000] [--json FILE]
 
@@ -103,6 +104,24 @@ def waiting_files(root: Path, count: int, watch_seconds: float) -> dict[str, Any
             "supervisor_rss_mb": round(rss / 1024, 1), "supervisor_peak_rss_mb": round(hwm / 1024, 1)}
 
 
+def long_line(root: Path, megabytes: int = 50) -> dict[str, Any]:
+    """VmHWM growth of workers and supervisor while a file with one huge line (and one without a
+    newline at all) is processed: the line is refused unread, so neither should grow by its size."""
+    w_dir = root / "input"
+    w_dir.mkdir()
+    huge = b"7" * (megabytes * 1_000_000)
+    long_file, no_newline = w_dir / "long-line.txt", w_dir / "no-newline.txt"
+    long_file.write_bytes(b"1.1.1.1\n" + huge + b"\n2.2.2.2\n")
+    no_newline.write_bytes(b"3.3.3.3\n" + huge)
+    with running_daemon(root / "daemon", ("classify",), 2) as daemon:
+        before = peaks(daemon)
+        daemon.run(Workload("long line", ("classify",), (long_file, no_newline), 5), timeout=600)
+        after = peaks(daemon)
+    return {"line_mb": megabytes,
+            "worker_growth_mb": round((after.get("worker", 0) - before.get("worker", 0)) / 1024, 1),
+            "supervisor_growth_mb": round((after.get("supervisor", 0) - before.get("supervisor", 0)) / 1024, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gigabytes", type=float, default=1.0)
@@ -117,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         result["big_file"] = big_file(root / "a", args.gigabytes)
         (root / "b").mkdir()
         result["waiting_files"] = waiting_files(root / "b", args.waiting, args.watch)
+        (root / "c").mkdir()
+        result["long_line"] = long_line(root / "c")
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

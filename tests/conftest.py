@@ -1,14 +1,94 @@
-"""Shared fixtures: a real ``ipspool run`` process on a temporary spool."""
+"""Shared fixtures (a real ``ipspool run`` process on a temporary spool) and the skip policy.
+
+Skip policy: a test may skip where the machine lacks what it needs (root, a
+tool, a kernel feature), and says which with its reason. With
+``IPSPOOL_NO_SKIP=1`` (``.ci/run`` sets it: CI runs as root and installs
+everything) every skip is turned into a failure, unless its reason starts
+with an entry of ``SKIP_ALLOWLIST``. Each run ends with the skips grouped by
+reason, so a skip is never silent.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import os
+from collections import Counter
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.support.daemon import Daemon
+
+NO_SKIP = "IPSPOOL_NO_SKIP"
+
+# Reasons (prefixes) that stay skips even under IPSPOOL_NO_SKIP=1, each with
+# why CI cannot (or need not) remove it, as "reason prefix": "justification".
+# Empty: .ci/run installs everything, so on CI every test runs.
+SKIP_ALLOWLIST: dict[str, str] = {}
+
+
+def no_skip() -> bool:
+    """True when skips must fail (IPSPOOL_NO_SKIP=1)."""
+    return os.environ.get(NO_SKIP) == "1"
+
+
+def _skip_reason(report: pytest.TestReport | pytest.CollectReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2]).removeprefix("Skipped: ")
+    return str(longrepr)
+
+
+def _allowed(reason: str) -> bool:
+    return any(reason.startswith(prefix) for prefix in SKIP_ALLOWLIST)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
+    """Under IPSPOOL_NO_SKIP=1, a skip whose reason is not allowlisted is a failure."""
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if not report.skipped or hasattr(report, "wasxfail") or not no_skip():
+        return
+    reason = _skip_reason(report)
+    if _allowed(reason):
+        return
+    report.outcome = "failed"
+    report.longrepr = f"{NO_SKIP}=1 but this test skipped: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, Any, None]:
+    """The same for a whole module skipped at collection (``pytest.importorskip`` and the like)."""
+    outcome = yield
+    report: pytest.CollectReport = outcome.get_result()
+    if report.skipped and no_skip() and not _allowed(reason := _skip_reason(report)):
+        report.outcome = "failed"
+        report.longrepr = f"{NO_SKIP}=1 but this module skipped: {reason}"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Every skip of the run, grouped by reason, with a count."""
+    reasons = Counter(_skip_reason(r) for r in terminalreporter.stats.get("skipped", [])
+                      if not hasattr(r, "wasxfail"))
+    if not reasons:
+        return
+    terminalreporter.section(f"skips by reason ({sum(reasons.values())})")
+    for reason, count in reasons.most_common():
+        allowed = " (allowlisted)" if _allowed(reason) else ""
+        terminalreporter.write_line(f"{count:4d}  {reason}{allowed}")
+    if not no_skip():
+        terminalreporter.write_line(f"set {NO_SKIP}=1 to make these failures (as .ci/run does)")
+
+
+@pytest.fixture(autouse=True)
+def _logging_config_restored() -> Iterator[None]:
+    """A test that configures logging in-process (test_logging.py) leaves the next test's config alone."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture

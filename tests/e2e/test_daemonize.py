@@ -61,6 +61,12 @@ class Detached:
         tmp.write_text(content)
         os.rename(tmp, self.spool / "incoming" / name)
 
+    def result(self, name: str) -> list[dict[str, Any]]:
+        """The records of ``name``'s result, once it is published."""
+        path = self.spool / "results" / f"{name}.jsonl"
+        wait_for(path.exists, 30, what=f"result of {name}")
+        return [json.loads(line) for line in path.read_bytes().splitlines()]
+
     def kill(self) -> None:
         """Test cleanup: kill the processes of the daemon's own session."""
         if not self.sid and self.pidfile.exists():
@@ -106,8 +112,9 @@ def test_daemonize_pidfile_rotation_and_graceful_term(detached: Detached) -> Non
     assert f"locked by pid {d.pid}" in second.stderr
 
     d.drop("a.txt", "192.0.2.1\n10.0.0.1\n")
-    wait_for((d.spool / "results" / "a.txt.jsonl").exists, 30, what="result of a.txt")
-    wait_for(lambda: d.events(name="worker.started"), 10, what="worker lines in the log file")
+    assert [(r["ip"], r["class"]) for r in d.result("a.txt")] == [("192.0.2.1", "reserved"), ("10.0.0.1", "private")]
+    workers = wait_for(lambda: d.events(name="worker.started"), 10, what="worker lines in the log file")
+    assert sorted(e["worker"] for e in workers) == [0, 1]
 
     rotated = d.log.with_suffix(".log.1")
     os.rename(d.log, rotated)
@@ -115,6 +122,7 @@ def test_daemonize_pidfile_rotation_and_graceful_term(detached: Detached) -> Non
     wait_for(lambda: d.events(name="log.reopened"), 10, what="log.reopened in the new log file")
     d.drop("b.txt", "198.51.100.7\n")
     wait_for(lambda: d.events(name="file.done"), 30, what="file.done of b.txt in the new log file")
+    assert [r["ip"] for r in d.result("b.txt")] == ["198.51.100.7"]
     assert [e["file"] for e in d.events(name="file.done")] == ["b.txt"]
     assert [e["file"] for e in d.events(rotated, "file.done")] == ["a.txt"]
 

@@ -6,9 +6,9 @@ import json
 import os
 import random
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -111,15 +111,25 @@ def test_worker_killed_mid_chunk_loses_nothing(make_daemon: Callable[..., Daemon
     d = make_daemon(workers={"chunk_bytes": 4096, "threads": 4},
                     pipeline={"stages": ["classify", "tests.support.stagelib:slow"]})
     d.start()
-    lines = addresses(600)
+    lines = addresses(3000)  # ~8 s of work: the kill lands while chunks are in flight
     d.drop("victim.txt", "\n".join(lines) + "\n")
-    d.wait_event("file.claimed")
-    time.sleep(0.5)
-    victim = d.worker_pids()[0]
+
+    def worker_holding_the_file() -> dict[str, Any] | None:
+        out = d.ipspool("status", "--config", str(d.config_path), "--json")
+        rows = json.loads(out.stdout)["daemon"]["worker_table"] if out.returncode == 0 else []
+        return next((row for row in rows if row["inflight"] and "victim.txt" in row["current"]), None)
+
+    busy = wait_for(worker_holding_the_file, what="a worker holding a chunk of victim.txt")
+    assert not d.result_path("victim.txt").exists(), "the file finished before the kill"
+    victim = busy["pid"]
     os.kill(victim, signal.SIGKILL)
     check_result(d.wait_result("victim.txt", timeout=120), lines)
     died = d.wait_event("worker.died", where=lambda e: e["worker_pid"] == victim)
     assert died["cause"] == "signal 9"
+    assert died["chunks_in_flight"] >= 1, "the worker died holding no chunk: nothing was mid-chunk"
+    retries = d.events("chunk.retry")
+    assert retries and all(e["file"] == "victim.txt" and e["attempt"] == 2 for e in retries)  # the retry is try 2
+    assert {e["cause"] for e in retries} == {"signal 9"}
     d.wait_event("worker.replaced")
     wait_for(lambda: len(d.worker_pids()) == 2, what="two workers again")
 
@@ -295,7 +305,7 @@ def test_status_json_shows_a_non_utf8_name_in_progress(make_daemon: Callable[...
     d = make_daemon(workers={"threads": 2},
                     pipeline={"stages": ["classify", "tests.support.stagelib:sleepy"]})
     d.start()
-    body = ("\n".join(addresses(1200)) + "\n").encode()
+    body = ("\n".join(addresses(3000)) + "\n").encode()  # ~7 s in flight: time for a few status calls
     tmp = d.spool / "tmp" / "x"
     tmp.write_bytes(body)
     os.rename(tmp, os.fsencode(d.spool / "incoming") + b"/caf\xe9.txt")
@@ -321,4 +331,67 @@ def test_reload_to_a_log_file_that_cannot_be_opened_is_refused(make_daemon: Call
     assert "log.file" in refused["problems"][0]
     d.drop("still.txt", "1.2.3.4\n")
     assert d.wait_result("still.txt")[0]["ip"] == "1.2.3.4"
+    assert d.stop() == 0
+
+
+def test_a_run_logs_its_lifecycle_from_start_through_a_reload_to_the_stop(make_daemon: Callable[..., Daemon]) -> None:
+    """daemon.started names the setup; workers retired by a reload log worker.drained and are worker.stopped;
+    on TERM the new ones drain too."""
+    d = make_daemon(workers={"processes": 2, "threads": 3})
+    d.start()
+    started = d.wait_event("daemon.started")
+    assert started["spool"] == str(d.spool) and started["results"] == str(d.results)
+    assert started["processes"] == 2 and started["threads"] == 3
+    assert started["stages"] == ["classify"] and started["config"] == str(d.config_path)
+    first = {e["worker_pid"] for e in d.events("worker.spawned")}
+    d.drop("one.txt", "192.0.2.1\n198.51.100.2\nbad\n")
+    assert len(d.wait_result("one.txt")) == 3
+    d.write_config(workers={"threads": 2})  # a setting the workers hold: they are replaced
+    d.signal(signal.SIGHUP)
+    assert d.wait_event("config.reloaded")["mode"] == "replace"
+    wait_for(lambda: len(d.events("worker.stopped")) == 2, what="both old workers stopped")
+    stopped = d.events("worker.stopped")
+    assert {e["worker_pid"] for e in stopped} == first and {e["worker"] for e in stopped} == {0, 1}
+    drained = {e["pid"]: e for e in d.events("worker.drained")}
+    assert set(drained) == first
+    assert sum(e["chunks_done"] for e in drained.values()) == 1
+    assert sum(e["lines_done"] for e in drained.values()) == 3
+    second = {e["worker_pid"] for e in d.events("worker.spawned")} - first
+    assert len(second) == 2
+    assert d.stop() == 0
+    assert {e["pid"] for e in d.events("worker.drained")} == first | second
+
+
+def test_a_stage_that_cannot_be_loaded_at_start_is_config_invalid_exit_4(make_daemon: Callable[..., Daemon]) -> None:
+    """A configuration that parses but whose stage cannot be imported: config.invalid, exit 4, no worker."""
+    d = make_daemon(pipeline={"stages": ["classify", "no_such_module:stage"]})
+    d.start(wait_ready=False)
+    assert d.proc is not None and d.proc.wait(30) == 4
+    d.proc = None
+    invalid = d.wait_event("config.invalid")
+    assert invalid["level"] == "error" and invalid["source"] == "<config>"
+    assert any("no_such_module" in p for p in invalid["problems"])
+    assert not d.events("worker.spawned")
+
+
+def test_a_second_term_stops_at_once_and_the_next_start_finishes_the_file(make_daemon: Callable[..., Daemon]) -> None:
+    """daemon.stop_now: TERM, then TERM again mid-drain; workers are killed, the file waits in active/."""
+    d = make_daemon(workers={"chunk_bytes": 4096, "threads": 2},
+                    pipeline={"stages": ["classify", "tests.support.stagelib:slow"]})
+    d.start()
+    lines = addresses(600)  # ~6 s of work on two workers
+    d.drop("big.txt", "\n".join(lines) + "\n")
+    d.wait_event("chunk.done", where=lambda e: e["file"] == "big.txt")
+    d.signal(signal.SIGTERM)
+    stopping = d.wait_event("daemon.stopping")
+    assert stopping["inflight"] > 0
+    d.signal(signal.SIGTERM)
+    assert d.proc is not None and d.proc.wait(30) == 0
+    d.proc = None
+    now = d.wait_event("daemon.stop_now")
+    assert now["level"] == "warning" and now["signal"] == "SIGTERM"
+    assert not d.result_path("big.txt").exists()
+    assert [p.name for p in (d.spool / "active").iterdir()] == ["big.txt"]
+    d.start()
+    check_result(d.wait_result("big.txt", timeout=120), lines)
     assert d.stop() == 0

@@ -59,16 +59,22 @@ def test_random_kill_9_of_workers_manager_and_supervisor_loses_and_duplicates_no
     d.start()
     drop_all(d, inputs)
     killed = {"worker": 0, "manager": 0, "supervisor": 0}
+
+    def some_progress() -> None:
+        """Wait for a random number (1-4) of chunks to finish: the next fault lands mid-work."""
+        target = len(d.events("chunk.done")) + rng.randint(1, 4)
+        wait_for(lambda: len(d.events("chunk.done")) >= target, timeout=60, what="more chunks done")
+
     for _round in range(3):
-        time.sleep(rng.uniform(0.3, 0.9))
+        some_progress()
         if d.worker_pids():
             os.kill(rng.choice(d.worker_pids()), signal.SIGKILL)
             killed["worker"] += 1
-        time.sleep(rng.uniform(0.3, 0.9))
+        some_progress()
         for pid in d.pids_titled("ipspool: stats"):
             os.kill(pid, signal.SIGKILL)
             killed["manager"] += 1
-        time.sleep(rng.uniform(0.3, 0.9))
+        some_progress()
         crash_supervisor(d)
         killed["supervisor"] += 1
         start_under(d, [])
@@ -126,15 +132,16 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
 
 
 def fill(directory: Path) -> Path:
-    """Write a filler file until the filesystem is full."""
+    """Write a filler file until the filesystem is full (ENOSPC, and no other error)."""
     filler = directory / "filler"
     with open(filler, "wb") as handle:
         try:
             while True:
                 handle.write(b"\0" * 65536)
                 handle.flush()
-        except OSError:
-            pass
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
     return filler
 
 
@@ -236,12 +243,14 @@ def test_stage_that_aborts_is_poison_without_a_fork_loop(make_daemon: Callable[.
     assert d.wait_failed("abort-2.txt")["reason"] == "poison"
     wait_for(lambda: settled(d, inputs), timeout=30, what="the other files")
     wait_for(lambda: len(d.worker_pids()) == 2, what="both workers back")
-    time.sleep(1.0)  # a fork loop would show up as more spawns
+    # A fork loop would show up as more spawns while one more file goes through.
+    d.drop("after.txt", "1.1.1.1\n")
+    assert d.wait_result("after.txt")[0]["ip"] == "1.1.1.1"
     died = d.events("worker.died")
     assert len(died) == 6 and all(e["cause"] == "signal 6" for e in died)
     assert len(d.events("worker.spawned")) == 2 + 6
     assert d.stop() == 0
-    audit(d, {"abort.txt": [], "abort-2.txt": [], **inputs}, allowed_failures=("poison",))
+    audit(d, {"abort.txt": [], "abort-2.txt": [], "after.txt": ["1.1.1.1"], **inputs}, allowed_failures=("poison",))
 
 
 def test_workers_that_cannot_start_halt_the_daemon_with_exit_3(make_daemon: Callable[..., Daemon]) -> None:
@@ -380,3 +389,35 @@ def test_restart_after_crash_between_link_and_retire_does_not_redo(make_daemon: 
     assert records_of(d.results / "crashed.txt.jsonl") == [{"line": 1, "input": "1.1.1.1"}]
     assert not d.events("file.claimed")
     assert d.stop() == 0
+
+
+def test_an_error_escaping_a_batch_crashes_the_worker_and_the_file_is_poison(
+    make_daemon: Callable[..., Daemon],
+) -> None:
+    """worker.batch_crashed: the worker exits 70 and is replaced; the chunk's attempts make the file poison."""
+    d = make_daemon(workers={"max_attempts": 2}, pipeline={"stages": ["classify", "tests.support.stagelib:escape"]})
+    d.start()
+    d.drop("escape.txt", "1.1.1.1\n6.6.6.6\n")
+    failure = d.wait_failed("escape.txt")
+    assert failure["reason"] == "poison" and failure["attempts"] == 2
+    crashed = d.events("worker.batch_crashed")
+    assert len(crashed) == 2 and all("KeyboardInterrupt" in e["error"] for e in crashed)
+    died = d.wait_event("worker.died")
+    assert died["exit_code"] == 70 and died["cause"] == "exit code 70"
+    d.drop("fine.txt", "2.2.2.2\n")
+    assert d.wait_result("fine.txt")[0]["ip"] == "2.2.2.2"
+    assert d.stop() == 0
+
+
+def test_workers_of_a_killed_supervisor_notice_and_exit(make_daemon: Callable[..., Daemon]) -> None:
+    """worker.orphaned: kill -9 of the supervisor; each worker sees its pipe close, logs it and exits."""
+    d = make_daemon(workers={"processes": 2})
+    d.start()
+    workers = set(d.worker_pids())
+    assert d.proc is not None
+    os.kill(d.proc.pid, signal.SIGKILL)
+    d.proc.wait(10)
+    wait_for(lambda: {e["pid"] for e in d.events("worker.orphaned")} == workers, what="both workers orphaned")
+    assert all(e["level"] == "warning" and e["reason"] for e in d.events("worker.orphaned"))
+    wait_for(lambda: not set(d.session_pids()) & workers, what="the orphaned workers to exit")
+    d.kill_all()  # the Manager, if it is still there

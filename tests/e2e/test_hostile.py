@@ -15,19 +15,19 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, get_args
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipspool.config import Config, ConfigError, parse_config
-from ipspool.pipeline import load_pipeline, process_chunk, split_lines
+from ipspool.pipeline import load_pipeline, process_chunk
 from tests.support.daemon import REPO, Daemon, wait_for, write_toml
-from tests.support.spoolcheck import python_for, records_of, start_under, vm_hwm_kib, wait_ready
+from tests.support.lines import physical_lines
+from tests.support.spoolcheck import install_for_nobody, records_of, start_under, wait_ready
 
 # -- lines ----------------------------------------------------------------------
 
@@ -70,13 +70,13 @@ def test_hostile_lines_get_per_line_errors_and_the_file_goes_on(daemon: Daemon) 
     assert done["valid"] + done["invalid"] == len(HOSTILE_LINES)
 
 
-def test_fifty_megabyte_line_is_one_error_record_in_bounded_memory(make_daemon: Callable[..., Daemon]) -> None:
-    """A 50 MB line (and one with no newline at all) is rejected unread; worker and supervisor memory stay small."""
+def test_fifty_megabyte_line_is_one_error_record_and_the_file_goes_on(make_daemon: Callable[..., Daemon]) -> None:
+    """A 50 MB line (and one with no newline at all) is one error record with a short preview; the file goes on.
+
+    How much memory this takes is measured by ``python -m bench.memory`` (long_line), not asserted here.
+    """
     d = make_daemon()
     d.start()
-    before = {pid: vm_hwm_kib(pid) for pid in d.worker_pids()}
-    (supervisor,) = d.pids_titled("ipspool: supervisor")
-    supervisor_before = vm_hwm_kib(supervisor)
     huge = b"7" * 50_000_000
     d.drop("long-line.txt", b"1.1.1.1\n" + huge + b"\n2.2.2.2\n")
     d.drop("no-newline.txt", b"3.3.3.3\n" + huge)
@@ -86,12 +86,7 @@ def test_fifty_megabyte_line_is_one_error_record_in_bounded_memory(make_daemon: 
     assert first[1]["input"] == "7" * 64  # a short preview, not the line
     second = d.wait_result("no-newline.txt")
     assert second[0]["ip"] == "3.3.3.3" and "line too long: 50000000 bytes" in second[1]["error"]
-    growth = max(vm_hwm_kib(pid) - kib for pid, kib in before.items())
-    supervisor_growth = vm_hwm_kib(supervisor) - supervisor_before
-    print(f"\nworker VmHWM {max(vm_hwm_kib(p) for p in before) / 1024:.1f} MiB (+{growth / 1024:.1f}), "
-          f"supervisor VmHWM {vm_hwm_kib(supervisor) / 1024:.1f} MiB (+{supervisor_growth / 1024:.1f})")
-    assert growth < 16 * 1024, f"a worker's peak RSS grew by {growth} KiB"
-    assert supervisor_growth < 16 * 1024, f"the supervisor's peak RSS grew by {supervisor_growth} KiB"
+    assert len(second) == 2 and second[1]["line"] == 2 and second[1]["input"] == "7" * 64
     assert d.stop() == 0
 
 
@@ -103,7 +98,7 @@ def test_parser_never_raises_and_accounts_for_every_line(data: bytes, first: int
                            "spool": {"max_line_bytes": max_line}})
     out, counts = process_chunk(data, first, load_pipeline(config))
     records = [json.loads(line) for line in out.splitlines()]
-    assert counts["lines"] == len(split_lines(data))
+    assert counts["lines"] == len(physical_lines(data))
     assert counts["valid"] + counts["invalid"] == len(records)
     assert len(records) + counts["skipped"] == counts["lines"]
     numbers = [r["line"] for r in records]
@@ -135,17 +130,18 @@ def test_empty_comment_only_garbage_and_oversized_files(make_daemon: Callable[..
 
 
 def test_file_written_in_place_slowly_is_read_only_when_closed(make_daemon: Callable[..., Daemon]) -> None:
-    """A producer writing into incoming/ directly with short pauses: claimed after close, complete."""
-    d = make_daemon()
+    """A producer writing into incoming/ directly, a scan passing after each line: claimed after close, complete."""
+    d = make_daemon(spool={"rescan_interval": 0.25})  # scans come well within the settle time of each write
     d.start()
-    lines = [f"10.0.0.{i}" for i in range(1, 11)]
+    lines = [f"10.0.0.{i}" for i in range(1, 5)]
     with open(d.spool / "incoming" / "grow.txt", "w") as handle:
         for line in lines:
             handle.write(line + "\n")
             handle.flush()
-            time.sleep(0.3)  # shorter than the settle time, several rescans pass meanwhile
+            d.await_rescan()  # it saw the open file, modified less than a settle time ago
+            assert not [e for e in d.events("file.claimed") if e["file"] == "grow.txt"], "claimed while open"
     assert [r["ip"] for r in d.wait_result("grow.txt")] == lines
-    assert len(d.events("file.claimed")) == 1
+    assert len([e for e in d.events("file.claimed") if e["file"] == "grow.txt"]) == 1
     assert d.stop() == 0
 
 
@@ -193,8 +189,9 @@ def test_dotfiles_in_incoming_are_left_alone(daemon: Daemon) -> None:
     (daemon.spool / "incoming" / ".partial").write_text("1.1.1.1\n")
     daemon.drop("after.txt", "1.1.1.1\n")
     daemon.wait_result("after.txt")
-    time.sleep(1.5)  # a rescan passes
+    daemon.await_rescan()
     assert (daemon.spool / "incoming" / ".partial").exists()
+    assert {e["file"] for e in daemon.events("file.claimed")} == {"after.txt", "rescan-marker-1"}
 
 
 def test_same_name_twice_while_the_first_is_in_flight(make_daemon: Callable[..., Daemon]) -> None:
@@ -268,10 +265,7 @@ def test_file_the_service_user_cannot_read_goes_to_failed(nobody_root: Path) -> 
     for path in (d.root, d.config_path):
         os.chown(path, 65534, 65534)
     prefix = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
-    found = python_for(prefix)
-    if found is None:
-        pytest.skip("no python interpreter here is executable by nobody")
-    python, env = found
+    python, env = install_for_nobody(nobody_root / "python")
     try:
         start_under(d, prefix, env, python)
         wait_ready(d)
@@ -293,65 +287,114 @@ def test_file_the_service_user_cannot_read_goes_to_failed(nobody_root: Path) -> 
 # -- configuration --------------------------------------------------------------------
 
 
-def wrong_value(annotation: Any) -> Any:
-    """A value of the wrong type for a declared key."""
-    origin = get_origin(annotation)
-    args = get_args(annotation)
-    if annotation is bool:
-        return "yes"
-    if annotation in (int, float) or (args and args[0] in (int, float)):
-        return "many"
-    if origin is tuple:
-        return 5
-    if annotation is str or (args and args[0] is str):
-        return 5
-    return ["not", "a", "scalar"]  # Literal choices and anything else
+# Listed by hand, not derived from the config model: removing a key's type
+# check or bound must fail a test here, not silently remove the case.
+WRONG_TYPES: list[tuple[str, str, Any]] = [
+    ("spool", "dir", 5),
+    ("spool", "results_dir", 5),
+    ("spool", "runtime_dir", ["a"]),
+    ("spool", "keep_processed", "yes"),
+    ("spool", "max_file_bytes", "many"),
+    ("spool", "max_line_bytes", "many"),
+    ("spool", "rescan_interval", "often"),
+    ("spool", "max_output_ratio", "many"),
+    ("spool", "producer_group", 5),
+    ("workers", "processes", "many"),
+    ("workers", "threads", "many"),
+    ("workers", "chunk_bytes", "big"),
+    ("workers", "max_attempts", "many"),
+    ("workers", "graceful_timeout", "long"),
+    ("workers", "heartbeat_timeout", "long"),
+    ("workers", "max_inflight", "many"),
+    ("pipeline", "stages", 5),
+    ("log", "level", "loud"),
+    ("log", "format", "xml"),
+    ("log", "file", 5),
+    ("lists", "name", 5),
+    ("lists", "path", 5),
+    ("lists", "alert", "yes"),
+    ("rdns", "nameservers", 5),
+    ("rdns", "timeout", "long"),
+    ("rdns", "retries", "many"),
+    ("rdns", "cache_size", "big"),
+    ("rdns", "negative_ttl", "long"),
+    ("rdns", "forward_confirm", "yes"),
+    ("geoip", "country_db", 5),
+    ("geoip", "asn_db", 5),
+    ("alerts", "listed_per_file", "many"),
+    ("alerts", "backlog_files", "many"),
+    ("alerts", "backlog_age", "old"),
+    ("alerts", "disk_low_bytes", "lots"),
+    ("metrics", "textfile", 5),
+    ("metrics", "interval", "often"),
+]
+
+# (section, key, a refused value just past the bound, an accepted value near it)
+OUT_OF_BOUNDS: list[tuple[str, str, Any, Any]] = [
+    ("spool", "max_file_bytes", 0, 1),
+    ("spool", "max_line_bytes", 0, 1),
+    ("spool", "rescan_interval", 0, 1.0),
+    ("spool", "max_output_ratio", 0, 1),
+    ("spool", "max_output_ratio", 10001, 10000),
+    ("workers", "processes", -1, 0),
+    ("workers", "threads", 0, 1),
+    ("workers", "chunk_bytes", 4095, 4096),
+    ("workers", "max_attempts", 0, 1),
+    ("workers", "graceful_timeout", 0, 1.0),
+    ("workers", "heartbeat_timeout", 0, 1.0),
+    ("workers", "max_inflight", -1, 0),
+    ("lists", "name", "", "a"),
+    ("lists", "name", "a b", "a.b-c_d"),
+    ("rdns", "timeout", 0, 1.0),
+    ("rdns", "retries", -1, 0),
+    ("rdns", "cache_size", -1, 0),
+    ("rdns", "negative_ttl", -1, 0),
+    ("alerts", "listed_per_file", -1, 0),
+    ("alerts", "backlog_files", -1, 0),
+    ("alerts", "backlog_age", -1, 0),
+    ("alerts", "disk_low_bytes", -1, 0),
+    ("metrics", "interval", 0, 1.0),
+]
 
 
-def every_key() -> list[tuple[str, str, Any]]:
-    keys = []
+def config_with(section: str, key: str, value: Any) -> tuple[dict[str, Any], str]:
+    """A configuration setting one key, and the prefix its problem must start with."""
+    if section == "lists":
+        return {"lists": [{"name": "l", "path": "/x", key: value}]}, f"lists.0.{key}:"
+    return {section: {key: value}}, f"{section}.{key}:"
+
+
+def declared_keys() -> set[tuple[str, str]]:
+    keys = set()
     for section, field in Config.model_fields.items():
-        model = field.annotation
-        if section == "lists":
-            model = get_args(model)[0]
-        for key, sub in model.model_fields.items():  # type: ignore[union-attr]
-            keys.append((section, key, sub.annotation))
+        model = get_args(field.annotation)[0] if section == "lists" else field.annotation
+        keys.update((section, key) for key in model.model_fields)  # type: ignore[union-attr]
     return keys
 
 
-@pytest.mark.parametrize(("section", "key", "annotation"), every_key(), ids=lambda v: str(v)[:30])
-def test_every_key_with_a_wrong_type_is_named(section: str, key: str, annotation: Any) -> None:
-    """Each declared key, given a value of the wrong type, is reported by its full name."""
-    body: dict[str, Any] = {key: wrong_value(annotation)}
-    if section == "lists":
-        data: dict[str, Any] = {"lists": [{"name": "l", "path": "/x", **body}]}
-        where = f"lists.0.{key}:"
-    else:
-        data = {section: body}
-        where = f"{section}.{key}:"
+def test_the_hand_lists_cover_every_declared_key() -> None:
+    """A new key needs a wrong-type case here (its bounds, if any, belong in OUT_OF_BOUNDS)."""
+    assert {(section, key) for section, key, _ in WRONG_TYPES} == declared_keys()
+
+
+@pytest.mark.parametrize(("section", "key", "value"), WRONG_TYPES, ids=lambda v: str(v)[:30])
+def test_every_key_with_a_wrong_type_is_named(section: str, key: str, value: Any) -> None:
+    """Each key, given a value of the wrong type, is reported by its full name."""
+    data, where = config_with(section, key, value)
     with pytest.raises(ConfigError) as info:
         parse_config(data)
     assert any(p.startswith(where) for p in info.value.problems), info.value.problems
 
 
-def counted_keys() -> list[tuple[str, str]]:
-    out = []
-    for section, key, _ in every_key():
-        metadata = getattr(Config.model_fields[section].annotation, "model_fields", {}).get(key)
-        if metadata is not None and any(hasattr(m, "gt") or hasattr(m, "ge") for m in metadata.metadata):
-            out.append((section, key))
-    return out
-
-
-@pytest.mark.parametrize(("section", "key"), counted_keys())
-def test_negative_counts_are_refused(section: str, key: str) -> None:
-    """Every bounded number refuses -1 (and those that must be positive refuse 0), naming the key."""
-    bounds = Config.model_fields[section].annotation.model_fields[key].metadata  # type: ignore[union-attr]
-    values = [-1] + ([0] if any(getattr(b, "gt", None) == 0 for b in bounds) else [])
-    for value in values:
-        with pytest.raises(ConfigError) as info:
-            parse_config({section: {key: value}})
-        assert any(p.startswith(f"{section}.{key}:") for p in info.value.problems), (value, info.value.problems)
+@pytest.mark.parametrize(("section", "key", "refused", "accepted"), OUT_OF_BOUNDS, ids=lambda v: str(v)[:30])
+def test_values_out_of_bounds_are_refused_by_name(section: str, key: str, refused: Any, accepted: Any) -> None:
+    """A value just past a key's bound is refused, naming the key; one on the near side is taken."""
+    data, where = config_with(section, key, refused)
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert any(p.startswith(where) for p in info.value.problems), (refused, info.value.problems)
+    data, _ = config_with(section, key, accepted)
+    parse_config(data)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:

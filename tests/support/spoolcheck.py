@@ -130,25 +130,47 @@ def vm_hwm_kib(pid: int) -> int:
     raise AssertionError(f"no VmHWM for {pid}")
 
 
-def python_for(prefix: list[str]) -> tuple[str, dict[str, str]] | None:
-    """An interpreter (and environment) that can run the daemon and fork workers under ``prefix``.
+def install_for_nobody(dest: Path) -> tuple[str, dict[str, str]]:
+    """A copy of ipspool and its dependencies in ``dest`` (world-readable); the interpreter and environment.
 
-    ``sys.executable`` when the prefixed user can execute it; otherwise the
-    system python of the same version with this environment's packages on
-    PYTHONPATH (a virtualenv built from an interpreter under /root is not
-    executable by ``nobody``); None if neither works.
+    The checkout and its virtualenv may sit in a directory only root can
+    enter (CI clones into ``mktemp -d``, mode 0700), so the unprivileged user
+    cannot run them in place. The distributions ipspool requires (found
+    through their metadata, recursively) are copied file by file with
+    ``daemon/ipspool`` beside them, and the system interpreter of the same
+    version runs them with ``PYTHONPATH`` pointing there.
     """
-    import site
-    import sysconfig
+    import shutil
+    from importlib import metadata
 
-    probe = "import subprocess, sys; subprocess.run([sys.executable, '-c', 'import ipspool'], check=True)"
-    same = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    paths = [*site.getsitepackages(), sysconfig.get_paths()["purelib"], str(REPO / "daemon"), str(REPO)]
-    for python, env in ((sys.executable, {}), (same, {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))})):
-        if not os.path.exists(python):
+    from packaging.requirements import Requirement
+
+    seen: set[str] = set()
+    todo = [Requirement(r) for r in metadata.distribution("ipspool").requires or []]
+    todo = [r for r in todo if r.marker is None]
+    while todo:
+        req = todo.pop()
+        key = req.name.lower().replace("_", "-")
+        if key in seen:
             continue
-        done = subprocess.run([*prefix, python, "-c", probe], env={**os.environ, **env}, capture_output=True,
-                              cwd="/", timeout=60)
-        if done.returncode == 0:
-            return python, env
-    return None
+        seen.add(key)
+        dist = metadata.distribution(req.name)
+        for file in dist.files or []:
+            source = Path(str(dist.locate_file(file))).resolve()
+            if ".." in file.parts or not source.is_file() or "__pycache__" in file.parts:
+                continue
+            (dest / file).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, dest / file)
+        extras = req.extras or {""}
+        for sub in dist.requires or []:
+            need = Requirement(sub)
+            if need.marker is None or any(need.marker.evaluate({"extra": e}) for e in extras):
+                todo.append(need)
+    shutil.copytree(REPO / "daemon" / "ipspool", dest / "ipspool", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [dest, *dest.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    # The system interpreter of the same version: the one this virtualenv was
+    # made from may live under /root (pyenv), where nobody cannot reach it.
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    python = str(system) if system.exists() else os.path.realpath(sys.executable)
+    return python, {"PYTHONPATH": str(dest), "PYTHONNOUSERSITE": "1"}

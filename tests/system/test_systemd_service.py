@@ -79,14 +79,18 @@ def test_reload_applies_a_good_config_and_refuses_a_bad_one(machine: Machine) ->
     machine.submit("tagged.txt", "192.0.2.7\n")
     assert machine.wait_result("tagged.txt")[0]["tagged"] == 4
 
-    # Not even TOML-valid: `ipspool reload` refuses before signalling.
+    # Not even TOML-valid: `ipspool reload` refuses before signalling, exit 4.
     machine.write("/etc/ipspool/ipspool.toml", "[workers]\nprocesses = 'two'\n")
+    before = machine.cursor()
     refused = machine.systemctl("reload", UNIT, check=False)
-    assert refused.returncode != 0
+    assert refused.returncode != 0  # systemctl reports the failed job; ExecReload's own status is below
+    assert machine.control_exit_status(before) == 4
     # Valid alone but not as a reload (the spool cannot move): the daemon refuses, exit 7.
     machine.configure(**{**BASE, "spool": {"results_dir": "/var/spool/ipspool/elsewhere"}})
+    before = machine.cursor()
     refused = machine.systemctl("reload", UNIT, check=False)
     assert refused.returncode != 0
+    assert machine.control_exit_status(before) == 7
     failed = machine.wait_event("config.reload_failed", cursor)
     assert any("results_dir" in p for p in failed["problems"])
     reload_lines = [e.get("MESSAGE", "") for e in machine.journal(cursor) if e.get("_TRANSPORT") == "stdout"]
@@ -104,12 +108,9 @@ def test_stop_mid_big_file_is_graceful_and_the_next_start_completes_it(machine: 
     lines = 3600  # ~10 chunks of ~1 s each on two workers
     machine.submit("big.txt", _addresses(lines))
     machine.wait_event("chunk.done", cursor)
-    began = time.monotonic()
     machine.systemctl("stop", UNIT)
-    took = time.monotonic() - began
     assert machine.show("TimeoutStopUSec")["TimeoutStopUSec"] == "1min"  # TimeoutStopSec=60
-    assert took < 60
-    assert machine.show("Result")["Result"] == "success"
+    assert machine.show("Result")["Result"] == "success"  # "timeout" had systemd killed it
     stopped = machine.wait_event("daemon.stopped", cursor)
     assert stopped["exit_code"] == 0
     assert not machine.events(cursor, "daemon.stop_timeout")

@@ -234,3 +234,17 @@ def test_worker_states_refuse_transitions_the_lifecycle_does_not_allow(tmp_path:
     die(pool, worker)
     with pytest.raises(IllegalTransition):
         worker.move(WorkerState.READY)
+
+
+def test_a_message_outside_the_protocol_is_logged_and_ignored(tmp_path: Path) -> None:
+    """worker.bad_message: the worker and its chunks are untouched."""
+    pool, _, _ = make_pool(tmp_path, processes=1)
+    ready_all(pool)
+    (worker,) = pool.workers.values()
+    pool.submit(chunk())
+    with capture_logs() as logs:
+        pool.handle(worker, {"not": "a message"})  # type: ignore[arg-type]
+    assert [(e["event"], e["worker"]) for e in logs] == [("worker.bad_message", worker.slot)]
+    assert "not" in logs[0]["message"]
+    assert worker.state is WorkerState.READY and chunk().key in worker.inflight
+    assert list(pool.events()) == []

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 from ipspool.exitcodes import ExitCode
 from tests.support.daemon import REPO
@@ -17,10 +19,57 @@ def logged_events() -> set[str]:
     return names
 
 
+def catalogued_events() -> set[str]:
+    """The event names of docs/events.md: first cells of its tables that contain a dot."""
+    catalogue = (REPO / "docs" / "events.md").read_text()
+    return {name for name in re.findall(r"^\| `([a-z_.]+)` \|", catalogue, re.MULTILINE) if "." in name}
+
+
+# Calls whose arguments name the events a test waits for or reads to assert on.
+_EVENT_QUERIES = frozenset({"wait_event", "events", "_journal_count"})
+
+
+def asserted_events(path: Path) -> set[str]:
+    """Event names a test file asserts: string literals inside an ``assert``, or
+    among the arguments of a wait_event/events call (which a test awaits or checks)."""
+    found: set[str] = set()
+
+    def visit(node: ast.AST, counts: bool) -> None:
+        if isinstance(node, ast.Assert):
+            counts = True
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            counts = counts or name in _EVENT_QUERIES
+        elif counts and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            found.add(node.value)
+        for child in ast.iter_child_nodes(node):
+            visit(child, counts)
+
+    visit(ast.parse(path.read_text()), False)
+    return found
+
+
+def test_every_catalogued_event_is_asserted_by_a_test() -> None:
+    """Each event of docs/events.md is checked by at least one test, so a test fails when it stops being logged.
+
+    The rule: some ``tests/**/test_*.py`` holds the exact event name as a
+    string literal inside an ``assert`` statement, or among the arguments
+    of a call to ``wait_event``, ``events`` or ``_journal_count`` (the
+    helpers that wait for or read logged events; a wait fails when the
+    event never comes). A name only mentioned in a comment, a docstring
+    outside an assert, a parametrize list or a fixture does not count.
+    """
+    asserted: set[str] = set()
+    for path in (REPO / "tests").rglob("test_*.py"):
+        asserted |= asserted_events(path)
+    unasserted = sorted(catalogued_events() - asserted)
+    assert not unasserted, f"catalogued events no test asserts: {unasserted}"
+
+
 def test_every_logged_event_is_in_the_catalogue() -> None:
     """docs/events.md lists every event name the code logs."""
-    catalogue = (REPO / "docs" / "events.md").read_text()
-    documented = set(re.findall(r"^\| `([a-z_.]+)` \|", catalogue, re.MULTILINE))
+    documented = catalogued_events()
     names = logged_events()
     assert len(names) > 30
     assert not names - documented, f"undocumented events: {sorted(names - documented)}"

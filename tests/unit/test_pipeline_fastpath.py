@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 from unittest import mock
 
@@ -14,77 +14,104 @@ from hypothesis import strategies as st
 
 from ipspool import fastip
 from ipspool import pipeline as pipeline_module
-from ipspool.address import Address, parse_address
+from ipspool.address import Address
 from ipspool.config import parse_config
-from ipspool.pipeline import Pipeline, load_pipeline, process_chunk, split_lines
+from ipspool.pipeline import Pipeline, load_pipeline, process_chunk
+from tests.support.lines import physical_lines
 
 _BOM = b"\xef\xbb\xbf"
-_INPUT_PREVIEW = 200
+_ASCII_SPACE = b" \t\n\r\x0b\x0c"
 
 
-def _error_record(line_no: int, shown: str, message: str) -> bytes:
-    record = {"line": line_no, "input": shown[:_INPUT_PREVIEW], "error": message}
-    return orjson.dumps(record) + b"\n"
+def ip_error(text: str) -> str | None:
+    """Why ``text`` is not one address (docs/results.md), or None when it is one."""
+    if "/" in text:
+        return "CIDR notation is a network, not an address"
+    if ":" not in text and "-" in text and text.count(".") > 3:
+        return "address ranges are not expanded"
+    try:
+        (ipaddress.IPv6Address if ":" in text else ipaddress.IPv4Address)(text)
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
-def reference_process_lines(
-    lines: Sequence[bytes], first_line: int, pipeline: Pipeline, counts: Counter[str]
-) -> bytes:
-    """process_lines before the fast path (commit 743587e), only reflowed for ruff."""
-    out: list[bytes] = []
-    limit = pipeline.max_line_bytes
-    for line_no, physical in enumerate(lines, first_line):
-        raw = physical
-        if len(raw) > limit:
-            counts["invalid"] += 1
-            shown = raw[:64].decode("utf-8", "backslashreplace")
-            message = f"line too long: {len(raw)} bytes, limit {limit}"
-            out.append(_error_record(line_no, shown, message))
-            continue
-        if line_no == 1 and raw.startswith(_BOM):
-            raw = raw[len(_BOM) :]
-        hash_at = raw.find(b"#")
-        if hash_at >= 0:
-            raw = raw[:hash_at]
-        raw = raw.strip()
-        if not raw:
-            counts["skipped"] += 1
-            continue
+def expected_record(raw: bytes, line_no: int, pipeline: Pipeline) -> dict[str, Any] | None:
+    """The record one line gets, by the rules of docs/results.md, or None for a skipped line.
+
+    1. A line of more than ``max_line_bytes`` bytes is an error ("line too
+       long: N bytes, limit L"), shown as its first 64 bytes.
+    2. A UTF-8 byte order mark opens line 1 only; it is dropped there.
+    3. Everything from the first ``#`` is a comment; ASCII whitespace around
+       the rest is not part of it; nothing left means the line is skipped.
+    4. The rest must be UTF-8 ("not valid UTF-8") without NUL ("contains a
+       NUL byte", shown as ``\x00``).
+    5. A colon means IPv6; a slash is CIDR; a dash with more than three dots
+       is a range; otherwise ipaddress's own message says what is wrong
+       ("not an IP address: ...").
+    6. A valid line's record is line, input, the normalized ip, then every
+       stage's fields in stage order; failing stages are named in
+       ``stage_errors``. Error records show at most 200 characters of input.
+    """
+    def error(shown: str, message: str) -> dict[str, Any]:
+        return {"line": line_no, "input": shown[:200], "error": message}
+
+    if len(raw) > pipeline.max_line_bytes:
+        return error(raw[:64].decode("utf-8", "backslashreplace"),
+                     f"line too long: {len(raw)} bytes, limit {pipeline.max_line_bytes}")
+    if line_no == 1:
+        raw = raw.removeprefix(_BOM)
+    content = raw.partition(b"#")[0].strip(_ASCII_SPACE)
+    if not content:
+        return None
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError:
+        return error(content.decode("utf-8", "backslashreplace"), "not valid UTF-8")
+    if "\x00" in text:
+        return error(text.replace("\x00", "\\x00"), "contains a NUL byte")
+    problem = ip_error(text)
+    if problem is not None:
+        return error(text, f"not an IP address: {problem}")
+    address = ipaddress.ip_address(text)
+    record: dict[str, Any] = {"line": line_no, "input": text, "ip": str(address)}
+    failures: dict[str, str] = {}
+    for name, stage in zip(pipeline.names, pipeline.stages, strict=True):
         try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            counts["invalid"] += 1
-            shown = raw.decode("utf-8", "backslashreplace")
-            out.append(_error_record(line_no, shown, "not valid UTF-8"))
-            continue
-        if "\x00" in text:
-            counts["invalid"] += 1
-            out.append(_error_record(line_no, text.replace("\x00", "\\x00"), "contains a NUL byte"))
-            continue
-        try:
-            address = parse_address(text)
-        except ValueError as exc:
-            counts["invalid"] += 1
-            out.append(_error_record(line_no, text, f"not an IP address: {exc}"))
-            continue
-        record: dict[str, Any] = {"line": line_no, "input": text, "ip": str(address)}
-        record.update(pipeline.run(address))
-        counts["valid"] += 1
-        cls = record.get("class")
-        if isinstance(cls, str):
-            counts["class." + cls] += 1
-        if "stage_errors" in record:
-            counts["stage_errors"] += 1
-        out.append(orjson.dumps(record) + b"\n")
-    counts["lines"] += len(lines)
-    return b"".join(out)
+            record.update(stage(address) or {})
+        except Exception as exc:
+            failures[name] = f"{type(exc).__name__}: {exc}"
+    if failures:
+        record["stage_errors"] = failures
+    return record
 
 
-def reference_process_chunk(
-    data: bytes, first_line: int, pipeline: Pipeline
-) -> tuple[bytes, Counter[str]]:
-    counts: Counter[str] = Counter()
-    return reference_process_lines(split_lines(data), first_line, pipeline, counts), counts
+def expected_chunk(data: bytes, first_line: int, pipeline: Pipeline) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """The records (in order) and the counts a chunk should give."""
+    lines = physical_lines(data)
+    records = [r for n, raw in enumerate(lines, first_line) if (r := expected_record(raw, n, pipeline)) is not None]
+    counts: Counter[str] = Counter(lines=len(lines))
+    counts["skipped"] = len(lines) - len(records)
+    for record in records:
+        counts["invalid" if "error" in record else "valid"] += 1
+        if isinstance(record.get("class"), str):
+            counts["class." + record["class"]] += 1
+        counts["stage_errors"] += "stage_errors" in record
+    return records, +counts
+
+
+def actual_chunk(data: bytes, first_line: int, pipeline: Pipeline) -> tuple[list[dict[str, Any]], Counter[str]]:
+    """process_chunk's records, parsed with their key order kept, and its counts."""
+    out, counts = process_chunk(data, first_line, pipeline)
+    assert out == b"" or out.endswith(b"\n")
+    return [orjson.loads(line) for line in out.splitlines()], +counts
+
+
+def assert_as_documented(data: bytes, first_line: int, pipeline: Pipeline) -> None:
+    records, counts = actual_chunk(data, first_line, pipeline)
+    want, want_counts = expected_chunk(data, first_line, pipeline)
+    assert [list(r.items()) for r in records] == [list(r.items()) for r in want]
+    assert counts == want_counts
 
 
 def classify_pipeline(max_line_bytes: int = 4096) -> Pipeline:
@@ -201,15 +228,9 @@ def test_classify_record_bytes_are_pinned() -> None:
 
 @given(lines_strategy, st.integers(1, 3))
 @settings(max_examples=400)
-def test_classify_pipeline_output_is_byte_identical_to_slow_path(
-    lines: list[bytes], first_line: int
-) -> None:
-    """Mixed valid, invalid, commented and odd lines give the same bytes and counts."""
-    pipeline = classify_pipeline(max_line_bytes=200)
-    data = b"\n".join(lines) + b"\n"
-    assert process_chunk(data, first_line, pipeline) == reference_process_chunk(
-        data, first_line, pipeline
-    )
+def test_classify_pipeline_output_follows_the_line_rules(lines: list[bytes], first_line: int) -> None:
+    """Mixed valid, invalid, commented and odd lines give the documented records and counts."""
+    assert_as_documented(b"\n".join(lines) + b"\n", first_line, classify_pipeline(max_line_bytes=200))
 
 
 @given(
@@ -217,13 +238,48 @@ def test_classify_pipeline_output_is_byte_identical_to_slow_path(
     st.lists(st.sampled_from(["classify", "describe", "overrides_class", "broken"]), max_size=4),
 )
 @settings(max_examples=200)
-def test_mixed_pipeline_output_is_byte_identical_to_slow_path(
-    lines: list[bytes], names: list[str]
-) -> None:
-    """User stages in any order beside classify give the same bytes and counts."""
-    pipeline = mixed_pipeline(tuple(names))
+def test_mixed_pipeline_output_follows_the_line_rules(lines: list[bytes], names: list[str]) -> None:
+    """User stages in any order beside classify give the documented records and counts."""
+    assert_as_documented(b"\n".join(lines), 1, mixed_pipeline(tuple(names)))
+
+
+@given(lines_strategy, lines_strategy, st.integers(1, 3))
+@settings(max_examples=200)
+def test_a_chunk_cut_at_a_line_boundary_gives_the_same_bytes(head: list[bytes], tail: list[bytes],
+                                                              first_line: int) -> None:
+    """Two chunks, the second numbered on from the first, give the whole chunk's bytes and summed counts."""
+    pipeline = classify_pipeline(max_line_bytes=200)
+    top, bottom = b"".join(line + b"\n" for line in head), b"\n".join(tail)
+    whole, counts = process_chunk(top + bottom, first_line, pipeline)
+    one, first_counts = process_chunk(top, first_line, pipeline)
+    two, second_counts = process_chunk(bottom, first_line + len(physical_lines(top)), pipeline)
+    assert whole == one + two
+    assert counts == first_counts + second_counts
+
+
+@given(lines_strategy, st.integers(2, 10**6))
+@settings(max_examples=200)
+def test_line_numbers_shift_with_the_first_line_and_nothing_else_changes(lines: list[bytes], first: int) -> None:
+    """Past line 1 (where a BOM is dropped), the first line number only shifts every record's line."""
+    pipeline = classify_pipeline(max_line_bytes=200)
     data = b"\n".join(lines)
-    assert process_chunk(data, 1, pipeline) == reference_process_chunk(data, 1, pipeline)
+    at_two, counts_two = actual_chunk(data, 2, pipeline)
+    later, counts_later = actual_chunk(data, first, pipeline)
+    assert [{**r, "line": r["line"] + first - 2} for r in at_two] == later
+    assert counts_two == counts_later
+    assert len(later) + counts_later["skipped"] == counts_later["lines"] == len(physical_lines(data))
+
+
+def test_the_line_rules_reference_sees_every_kind_of_line() -> None:
+    """The reference is not vacuous: the samples give records of every kind, skips, and BOM handling."""
+    data = b"\n".join(LINE_SAMPLES)
+    records, counts = expected_chunk(data, 1, classify_pipeline(max_line_bytes=200))
+    errors = {r["error"].split(":")[0] for r in records if "error" in r}
+    assert errors == {"line too long", "not an IP address", "not valid UTF-8", "contains a NUL byte"}
+    assert counts["skipped"] == 3 and counts["valid"] > 20
+    assert {r["class"] for r in records if "class" in r} >= {"global", "private", "loopback", "link_local", "shared"}
+    bom, _ = expected_chunk(_BOM + b"1.2.3.4\n" + _BOM + b"1.2.3.4\n", 1, classify_pipeline())
+    assert bom[0]["ip"] == "1.2.3.4" and "error" in bom[1]
 
 
 def test_classify_only_pipeline_builds_no_address_objects() -> None:

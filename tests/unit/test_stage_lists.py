@@ -269,6 +269,7 @@ def test_flood_of_invalid_lines_is_summarised(tmp_path: Path) -> None:
         make_stage({"name": "oops", "path": path})
     events = [event["event"] for event in logs]
     assert events.count("list.invalid_line") == MAX_INVALID_LOGGED
+    assert events.count("list.invalid_lines_suppressed") == 1
     summary = next(e for e in logs if e["event"] == "list.invalid_lines_suppressed")
     assert summary["count"] == 100
 

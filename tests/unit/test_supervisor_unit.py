@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from ipspool.config import load_config
 from ipspool.logs import LogTarget, configure_logging
 from ipspool.protocol import Done
 from ipspool.supervisor import Supervisor
+from tests.support.daemon import wait_for
 
 
 def settle(supervisor: Supervisor) -> None:
-    """Let the assembler thread finish, then take its reports on the 'loop'."""
-    deadline = time.monotonic() + 10
-    while supervisor.committer.joining() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    """Let the assembler thread finish (failing if it does not), then take its reports on the 'loop'."""
+    def joined() -> bool:
         supervisor.committer.collect()
+        return not supervisor.committer.joining()
+
+    wait_for(joined, timeout=10, interval=0.01, what="the assembler thread")
     supervisor.committer.collect()
 
 

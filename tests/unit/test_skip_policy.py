@@ -1,0 +1,62 @@
+"""The skip policy of tests/conftest.py: IPSPOOL_NO_SKIP=1 fails skips; every run sums them up by reason."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support.daemon import REPO
+
+SAMPLE = '''
+import pytest
+
+def test_skips_inside():
+    pytest.skip("tool X is missing")
+
+@pytest.mark.skipif(True, reason="tool X is missing")
+def test_skips_by_marker():
+    pass
+
+@pytest.mark.skipif(True, reason="not root")
+def test_skips_for_another_reason():
+    pass
+
+@pytest.mark.xfail(reason="a known bug", strict=True)
+def test_expected_failure():
+    assert False
+
+def test_runs():
+    pass
+'''
+
+
+def run_sample(tmp_path: Path, no_skip: bool) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_sample.py").write_text(SAMPLE)
+    env = {k: v for k, v in os.environ.items() if k != "IPSPOOL_NO_SKIP"}
+    env["PYTHONPATH"] = str(REPO)
+    if no_skip:
+        env["IPSPOOL_NO_SKIP"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "-p", "no:cacheprovider",
+         "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path / "test_sample.py")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_without_the_switch_skips_are_summed_up_by_reason(tmp_path: Path) -> None:
+    """Skips stay skips, and the run ends with each reason and its count."""
+    done = run_sample(tmp_path, no_skip=False)
+    assert done.returncode == 0, done.stdout
+    assert "skips by reason (3)" in done.stdout
+    assert "   2  tool X is missing" in done.stdout and "   1  not root" in done.stdout
+
+
+def test_with_the_switch_every_skip_fails_and_an_xfail_stays_an_xfail(tmp_path: Path) -> None:
+    """IPSPOOL_NO_SKIP=1: each of the three skips is a failure naming its reason; the rest is untouched."""
+    done = run_sample(tmp_path, no_skip=True)
+    assert done.returncode == 1, done.stdout
+    assert done.stdout.count("IPSPOOL_NO_SKIP=1 but this test skipped:") == 3
+    assert "1 passed" in done.stdout and "1 xfailed" in done.stdout
+    assert "skips by reason" not in done.stdout
