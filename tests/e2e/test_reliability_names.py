@@ -138,8 +138,8 @@ def test_recovery_trusts_only_an_error_record_that_names_the_job(spool: Spool) -
     assert (spool.root / "failed" / "a.error.json").read_text() == "9.9.9.9\n"  # untouched
     assert (spool.root / "active" / "a.1").read_text() == "1.1.1.1\n"
     assert (spool.root / "failed" / "c").exists()
-    conflicts = [e for e in logs if e["event"] == "spool.name_conflict"]
-    assert sorted((e["file"], e["job"]) for e in conflicts) == [("a", "a.1"), ("b", "b.1")]
+    assert sorted((e["file"], e["job"]) for e in logs if e["event"] == "spool.name_conflict") == [
+        ("a", "a.1"), ("b", "b.1")]
 
 
 def test_recovery_renames_a_job_of_an_older_version_named_like_a_record(spool: Spool) -> None:

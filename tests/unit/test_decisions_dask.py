@@ -233,3 +233,32 @@ def test_status_shows_the_dask_executor_line_and_its_workers() -> None:
             "(1 not begun), 1 worker deaths, 2 chunk(s) retried, 5 sent again uncharged") in text
     [row] = [line for line in text.splitlines() if "[tcp://10.0.0.7:40000]" in line]
     assert "big.txt" in row and "3400" in row and "queued" not in text
+
+
+def test_a_pipeline_that_fails_to_install_is_retried_and_the_old_one_kept(setup: Any) -> None:
+    """dask.pipeline_failed: the workers keep the version they have; the install is tried again later."""
+    from structlog.testing import capture_logs
+
+    from ipspool.dask_link import Installed
+
+    executor, _, _, _ = setup
+    with capture_logs() as logs:
+        executor.handle(Installed(2, "ModuleNotFoundError: no module named 'gone'"))
+    assert [e["version"] for e in logs if e["event"] == "dask.pipeline_failed"] == [2]
+    assert executor.version == 1
+
+
+def test_the_executor_says_where_it_connects(tmp_path: Path) -> None:
+    """dask.connecting names the scheduler before the first chunk can go anywhere."""
+    need_distributed()
+    from structlog.testing import capture_logs
+
+    from ipspool.dask_executor import DaskExecutor
+
+    config = parse_config({"spool": {"dir": str(tmp_path / "spool")},
+                           "executor": {"kind": "dask", "scheduler": "tcp://127.0.0.1:1"}})
+    executor = DaskExecutor(config, tmp_path, FakeClock(), Counter(), link=FakeLink())  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        executor.start(FakeSelector())
+    assert any(e["event"] == "dask.connecting" and e["scheduler"] == "tcp://127.0.0.1:1" for e in logs)
+    assert executor.free_slots() == 0  # nothing is sent before the scheduler answers
