@@ -306,9 +306,10 @@ class Spool:
         its run's folder gone and cannot leave a part behind; part names of
         two runs never meet, whatever pids the kernel reuses.
         """
-        self.run = f"run.{os.getpid()}.{time.time_ns()}"
-        os.mkdir(self.run, mode=0o700, dir_fd=self.fds["all_parts"])
-        self.fds["parts"] = _open_dir(self.results / PARTS / self.run)
+        run = f"run.{os.getpid()}.{time.time_ns()}"
+        os.mkdir(run, mode=0o700, dir_fd=self.fds["all_parts"])
+        self.fds["parts"] = _open_dir(self.results / PARTS / run)
+        self.run = run
 
     def end_run(self) -> None:
         """At a stop: remove this run's parts folder; what is left in it belongs to unfinished files,

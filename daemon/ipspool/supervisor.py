@@ -172,7 +172,13 @@ class Supervisor:
 
     def recover(self) -> None:
         redo, finished, failed = recover(self.spool, self.config.spool.keep_processed)
-        self.spool.start_run()
+        try:
+            self.spool.start_run()
+        except OSError as exc:
+            # A full results filesystem: parts go to results/.parts/ itself
+            # this run; the start goes on (nothing can be written yet anyway).
+            self.log.warning("spool.run_folder_failed", error=exc.strerror or str(exc),
+                             note="this run's parts go to results/.parts/ itself")
         for job_name in finished:
             self.log.info("file.recovered", file=job_name, action="retired", note="result was published before a stop")
         for job_name in failed:

@@ -166,6 +166,7 @@ def test_recovery_on_a_full_spool_filesystem_starts_and_retires_once_space_retur
     assert failed["level"] == "error" and failed["file"] == name and failed["step"] == "retire"
     assert "No space left" in failed["error"]
     assert (d.spool / "active" / name).exists() and not (d.spool / "done" / name).exists()
+    assert d.wait_event("spool.run_folder_failed")["level"] == "warning"  # no room for this run's folder either
     assert d.stop() == 0
     filler.unlink()
     d.start()
