@@ -161,7 +161,10 @@ def test_results_filesystem_full_keeps_inputs_and_completes_when_space_returns(
     wait_for(lambda: len(d.events("disk.retry")) >= 10, timeout=30, what="several delayed retries")
     delays = [e["delay"] for e in d.events("disk.retry")]
     assert max(delays) > min(delays), "retries do not back off"
-    assert len(list((d.spool / "active").iterdir())) == len(inputs)  # safe in the spool, not failed
+    # Safe in the spool, not failed: claimed ones in active/, the rest still in incoming/ (claims pause
+    # during an outage: see test_a_results_outage_stops_claiming_instead_of_draining_the_backlog).
+    waiting = len(list((d.spool / "active").iterdir())) + len(list((d.spool / "incoming").iterdir()))
+    assert waiting == len(inputs)
     assert not list((d.spool / "failed").iterdir())
     filler.unlink()
     wait_for(lambda: settled(d, inputs), timeout=60, what="every input settled")
@@ -170,6 +173,28 @@ def test_results_filesystem_full_keeps_inputs_and_completes_when_space_returns(
     assert d.stop() == 0
     audit(d, inputs)
     assert len(d.events("disk.full")) == 1  # one alert per outage, not one per chunk
+
+
+def test_a_results_outage_stops_claiming_instead_of_draining_the_backlog(
+    make_daemon: Callable[..., Daemon], small_tmpfs: Path,
+) -> None:
+    """Backpressure: with results/ full, only what the workers had room for is claimed; the backlog waits."""
+    d = make_daemon(spool={"results_dir": str(small_tmpfs)}, workers={"processes": 2, "threads": 2})
+    d.results = small_tmpfs
+    d.start()
+    filler = fill(small_tmpfs)
+    inputs = {f"wait-{i}.txt": mixed_lines(20, seed=i) for i in range(60)}
+    drop_all(d, inputs)
+    d.wait_event("disk.full")
+    wait_for(lambda: len(d.events("disk.retry")) >= 6, timeout=30, what="delayed retries")
+    capacity = 2 * (2 + 1)  # processes x in-flight chunks per worker (threads + 1)
+    claimed = len(list((d.spool / "active").iterdir()))
+    assert claimed <= capacity
+    assert len(list((d.spool / "incoming").iterdir())) == len(inputs) - claimed
+    filler.unlink()
+    wait_for(lambda: settled(d, inputs), timeout=60, what="every input settled")
+    assert d.stop() == 0
+    audit(d, inputs)
 
 
 def test_assembly_out_of_space_leaves_no_half_result_and_can_be_retried(tmp_path: Path, small_tmpfs: Path) -> None:
