@@ -106,11 +106,25 @@ def cmd_status(args: argparse.Namespace) -> int:
 # -- check-config and reload ------------------------------------------------
 
 
+# Stages that never open a network socket; rdns does, and a user stage
+# ("module:callable") may: the unit keeps the network for those.
+LOCAL_STAGES = frozenset({"classify", "lists", "geoip"})
+
+
+def needs_network(config: Config) -> bool:
+    """Does any configured stage need the network (rdns, or a user stage that might)?"""
+    return any(stage not in LOCAL_STAGES for stage in config.pipeline.stages)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     from ipspool.pipeline import load_pipeline
     from ipspool.spool import path_problems
 
     config = _load(args)
+    if args.needs_network:
+        # For systemd/ipspool-generator: one word, no stage is loaded.
+        print("network" if needs_network(config) else "no-network")
+        return ExitCode.OK
     load_pipeline(config, args.config or "<defaults>").close()
     problems = path_problems(config.spool_dir, config.results_dir, config.runtime_dir, config.log.file)
     if problems:
@@ -207,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = command("check-config", "Validate the configuration and load every stage.")
     check.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+    check.add_argument("--needs-network", action="store_true",
+                       help="only say whether a stage needs the network: prints network or no-network")
     check.set_defaults(func=cmd_check_config)
 
     reload = command("reload", "Validate the configuration, send SIGHUP, wait for the daemon's verdict.")
