@@ -233,3 +233,69 @@ def test_status_json_is_written_atomically_private_and_current(daemon: Daemon) -
     wait_for(lambda: json.loads(path.read_text())["written"] > first, timeout=5, what="a refreshed snapshot")
     out = daemon.ipspool("status", "--config", str(daemon.config_path), "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["daemon"]["pid"] == daemon.proc.pid  # type: ignore[union-attr]
+
+
+# -- every path the daemon creates, as docs/security.md lists it --------------
+
+_SECURITY_MD = Path(__file__).resolve().parents[2] / "docs" / "security.md"
+_KINDS = {"directory": stat.S_IFDIR, "file": stat.S_IFREG, "socket": stat.S_IFSOCK}
+
+
+def _created_paths_table() -> list[dict[str, str]]:
+    text = _SECURITY_MD.read_text()
+    body = text.split("<!-- created-paths:begin -->", 1)[1].split("<!-- created-paths:end -->", 1)[0]
+    rows = [[cell.strip().strip("`") for cell in line.strip().strip("|").split("|")]
+            for line in body.strip().splitlines()]
+    header, _rule, *data = rows
+    return [dict(zip(header, row, strict=True)) for row in data]
+
+
+def test_every_path_the_daemon_creates_matches_the_table_in_security_md(make_daemon: Callable[..., Daemon]) -> None:
+    """A run with one file done and one failed: every path created is a row of the table, with its type and mode."""
+    import fnmatch
+
+    table = _created_paths_table()
+    assert len(table) > 10
+    d = make_daemon()
+    old = os.umask(0o027)  # the unit's UMask=
+    try:
+        d.start()
+    finally:
+        os.umask(old)
+    d.drop("good.txt", "192.0.2.1\n")
+    os.mkfifo(d.spool / "incoming" / "bad.txt")
+    d.wait_result("good.txt")
+    d.wait_failed("bad.txt")
+    wait_for((d.spool / ".ipspool" / STATUS_NAME).exists, what="status.json")
+    inputs = {"done/good.txt", "failed/bad.txt"}  # moved, not created: the producer's
+    found: dict[str, os.stat_result] = {"SPOOL": d.spool.lstat()}
+    for dirpath, dirnames, filenames in os.walk(d.spool):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = str(path.relative_to(d.spool))
+            if rel not in inputs:
+                found[rel] = path.lstat()
+
+    def doc_path(rel: str) -> str:
+        if rel == "SPOOL":
+            return rel
+        for prefix, word in ((".ipspool", "RUNTIME"), ("results", "RESULTS")):
+            if rel == prefix or rel.startswith(prefix + "/"):
+                return word + rel[len(prefix):]
+        return "SPOOL/" + rel
+
+    seen: set[str] = set()
+    for rel, st in sorted(found.items()):
+        shown = doc_path(rel)
+        rows = [r for r in table if fnmatch.fnmatchcase(shown, r["path"])]
+        # The most specific row: `RESULTS/.parts/run.*` before `RESULTS/.parts/run.*/*`.
+        rows.sort(key=lambda r: -len(r["path"]))
+        assert rows, f"{shown} is created by the daemon but not in docs/security.md"
+        row = rows[0]
+        seen.add(row["path"])
+        assert stat.S_IFMT(st.st_mode) == _KINDS[row["type"]], (shown, row)
+        assert f"{stat.S_IMODE(st.st_mode):04o}" == row["mode"], (shown, row)
+        assert row["owner"] == "service" and st.st_uid == os.geteuid(), (shown, row)
+    missing = [r["path"] for r in table if r["path"] not in seen and not r["when"].startswith("transient")]
+    assert not missing, f"docs/security.md lists paths this run did not create: {missing}"
+    assert d.stop() == 0
