@@ -399,8 +399,15 @@ class Supervisor:
         self.intake.max_file_bytes = new.spool.max_file_bytes
         if not new.spool.check_owner:
             self.intake.owner_ok = None
-        elif self.intake.owner_ok is None and (gid := self.producer_gid()) is not None:
-            self.intake.owner_ok = OwnerCheck(gid)
+        else:
+            try:
+                gid = self.producer_gid()
+            except ConfigError:
+                gid = -1  # the group is gone: keep the check there was (the next start refuses the config)
+            if gid is None:
+                self.intake.owner_ok = None
+            elif gid >= 0:
+                self.intake.owner_ok = OwnerCheck(gid)
         self.committer.keep_processed = new.spool.keep_processed
         self.generation += 1
         self.executor.reconfigure(new, self.generation)
