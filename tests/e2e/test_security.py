@@ -274,7 +274,10 @@ def test_every_path_the_daemon_creates_matches_the_table_in_security_md(make_dae
             path = Path(dirpath) / name
             rel = str(path.relative_to(d.spool))
             if rel not in inputs:
-                found[rel] = path.lstat()
+                try:
+                    found[rel] = path.lstat()
+                except FileNotFoundError:
+                    continue  # transient: a part joined, a snapshot renamed in meanwhile
 
     def doc_path(rel: str) -> str:
         if rel == "SPOOL":
@@ -294,7 +297,7 @@ def test_every_path_the_daemon_creates_matches_the_table_in_security_md(make_dae
         row = rows[0]
         seen.add(row["path"])
         assert stat.S_IFMT(st.st_mode) == _KINDS[row["type"]], (shown, row)
-        assert f"{stat.S_IMODE(st.st_mode):04o}" == row["mode"], (shown, row)
+        assert f"{stat.S_IMODE(st.st_mode):04o}" in row["mode"].split(" or "), (shown, row)
         assert row["owner"] == "service" and st.st_uid == os.geteuid(), (shown, row)
     missing = [r["path"] for r in table if r["path"] not in seen and not r["when"].startswith("transient")]
     assert not missing, f"docs/security.md lists paths this run did not create: {missing}"
