@@ -88,6 +88,7 @@ chmod 755 "$STAGE/usr/bin/ipspool"
 install -D -m 644 "$REPO/systemd/ipspool.service" "$STAGE/lib/systemd/system/ipspool.service"
 install -D -m 644 "$REPO/systemd/ipspool.sysusers" "$STAGE/usr/lib/sysusers.d/ipspool.conf"
 install -D -m 644 "$REPO/systemd/ipspool.tmpfiles" "$STAGE/usr/lib/tmpfiles.d/ipspool.conf"
+install -D -m 755 "$REPO/systemd/ipspool-generator" "$STAGE/usr/lib/systemd/system-generators/ipspool-generator"
 
 install -d "$STAGE/etc/ipspool"
 "$VENV/bin/python3" "$PKG/packaged_config.py" "$REPO/config/ipspool.toml" > "$STAGE/etc/ipspool/ipspool.toml"

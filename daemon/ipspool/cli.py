@@ -12,11 +12,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipspool import __version__
 from ipspool.config import Config, ConfigError, load_config
 from ipspool.exitcodes import ExitCode
+from ipspool.status import terminal_safe
+
+if TYPE_CHECKING:
+    from ipspool.statusfile import Snapshot
 
 __all__ = ["build_parser", "main"]
 
@@ -64,52 +68,52 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 # -- status -----------------------------------------------------------------
 
-_STATUS_TIMEOUT = 2.0  # seconds for each step of the exchange with the stats Manager
+_PATIENCE = 1.0  # seconds to wait for a first snapshot (the Manager writes within 0.25 s of a change)
 
 
-def _snapshot(config: Config) -> dict[str, Any] | None:
-    from multiprocessing.context import AuthenticationError
+def _snapshot(config: Config, patience: float = _PATIENCE) -> tuple[Snapshot | None, str]:
+    """RUNTIME/status.json, or None and why not (``ipspool.statusfile``: never the pickle socket)."""
+    from ipspool.statusfile import StatusUnavailable, read_snapshot
 
-    from ipspool.stats import AuthkeyError, StatsClient
-
-    client = StatsClient(config.runtime_dir, timeout=_STATUS_TIMEOUT)
-    try:
-        return client.connect().snapshot()
-    except FileNotFoundError:
-        return None
-    except ConnectionRefusedError:
-        return None
-    except PermissionError as exc:
-        raise SystemExit(f"ipspool: cannot read the daemon's stats ({exc}); run as the service user or root") from None
-    except AuthenticationError:
-        raise SystemExit("ipspool: the stats socket refused our key (is the authkey from another daemon?)") from None
-    except AuthkeyError as exc:
-        raise SystemExit(f"ipspool: {exc}") from None
-    except (TimeoutError, BlockingIOError, EOFError, ConnectionResetError, BrokenPipeError):
-        # A Manager that is stopped or hung does not answer: as good as not running.
-        return None
-    finally:
-        client.close()
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return read_snapshot(config.runtime_dir), ""
+        except StatusUnavailable as exc:
+            if time.monotonic() >= deadline:
+                return None, str(exc)
+        time.sleep(0.1)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from ipspool.status import render_status
 
     config = _load(args)
-    snapshot = _snapshot(config)
+    snapshot, why = _snapshot(config)
     if snapshot is None:
-        print(f"ipspool is not running (no stats socket answers in {config.runtime_dir})", file=sys.stderr)
+        print(f"ipspool is not running ({why})", file=sys.stderr)
         return ExitCode.NOT_RUNNING
     if args.json:
         import orjson
 
-        sys.stdout.write(orjson.dumps(snapshot, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
+        sys.stdout.write(orjson.dumps(snapshot.data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
+                         + "\n")
     else:
-        sys.stdout.write(render_status(snapshot))
+        sys.stdout.write(render_status(snapshot.data))
     return ExitCode.OK
 
 
 # -- check-config and reload ------------------------------------------------
+
+
+# Stages that never open a network socket; rdns does, and a user stage
+# ("module:callable") may: the unit keeps the network for those.
+LOCAL_STAGES = frozenset({"classify", "lists", "geoip"})
+
+
+def needs_network(config: Config) -> bool:
+    """Does any configured stage need the network (rdns, or a user stage that might)?"""
+    return any(stage not in LOCAL_STAGES for stage in config.pipeline.stages)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -117,6 +121,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from ipspool.spool import path_problems
 
     config = _load(args)
+    if args.needs_network:
+        # For systemd/ipspool-generator: one word, no stage is loaded.
+        print("network" if needs_network(config) else "no-network")
+        return ExitCode.OK
     load_pipeline(config, args.config or "<defaults>").close()
     problems = path_problems(config.spool_dir, config.results_dir, config.runtime_dir, config.log.file)
     if problems:
@@ -143,32 +151,49 @@ def _check_scheduler(config: Config, source: str) -> str:
         raise ConfigError(source, (problem,)) from None
 
 
+def _reload_time(daemon: dict[str, Any]) -> float:
+    last = daemon.get("last_reload")
+    value = last.get("time") if isinstance(last, dict) else None
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
     """Validate, signal, and wait for the daemon to confirm (for ExecReload=)."""
     from ipspool.pipeline import load_pipeline
 
     config = _load(args)
     load_pipeline(config, args.config or "<defaults>").close()
-    before = _snapshot(config)
+    before, why = _snapshot(config)
     if before is None:
-        print(f"ipspool is not running (no stats socket answers in {config.runtime_dir})", file=sys.stderr)
+        print(f"ipspool is not running ({why})", file=sys.stderr)
         return ExitCode.NOT_RUNNING
-    daemon = before.get("daemon", {})
-    previous = daemon.get("last_reload", {}).get("time", 0.0)
-    pid = int(args.pid or daemon["pid"])
+    previous = _reload_time(before.daemon)
+    if args.pid:
+        pid = int(args.pid)
+    else:
+        # The pid comes from a file the service account wrote: signal it only
+        # if it is a process of that account (root must not HUP pid 1 on its word).
+        from ipspool.statusfile import process_owner
+
+        pid = before.pid or 0
+        if not pid or process_owner(pid) != before.owner:
+            print(f"ipspool: the snapshot's daemon pid {pid} is not a process of uid {before.owner}; "
+                  f"not signalled (pass --pid)", file=sys.stderr)
+            return ExitCode.FAILURE
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        now = _snapshot(config)
-        last = (now or {}).get("daemon", {}).get("last_reload", {})
-        if last and last.get("time", 0.0) > previous:
-            if last.get("ok"):
-                print(f"ipspool reloaded (generation {last.get('generation')})")
+        now, _ = _snapshot(config, patience=0)
+        last = now.daemon.get("last_reload") if now is not None else None
+        if isinstance(last, dict) and _reload_time(now.daemon if now else {}) > previous:
+            problems = last.get("problems")
+            if last.get("ok") is True:
+                print(f"ipspool reloaded (generation {terminal_safe(last.get('generation'))})")
                 return ExitCode.OK
             print("ipspool refused the new configuration and keeps running on the old one:", file=sys.stderr)
-            for problem in last.get("problems", []):
-                print(f"  {problem}", file=sys.stderr)
+            for problem in problems if isinstance(problems, list) else ["(no reason given)"]:
+                print(f"  {terminal_safe(problem)}", file=sys.stderr)
             return ExitCode.RELOAD_REJECTED
     print(f"ipspool did not confirm the reload within {args.timeout}s", file=sys.stderr)
     return ExitCode.FAILURE
@@ -213,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = command("check-config", "Validate the configuration and load every stage.")
     check.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+    check.add_argument("--needs-network", action="store_true",
+                       help="only say whether a stage needs the network: prints network or no-network")
     check.set_defaults(func=cmd_check_config)
 
     reload = command("reload", "Validate the configuration, send SIGHUP, wait for the daemon's verdict.")

@@ -70,6 +70,10 @@ class SpoolConfig(_Section):
     producer_group: str = Field(
         "", description="Group given write access to incoming/ and tmp/; empty: the daemon's own."
     )
+    check_owner: bool = Field(
+        True, description="With producer_group set: inputs not owned by a member of that group, the service "
+                          "user or root go to failed/ unread (foreign_owner)."
+    )
 
     @field_validator("dir")
     @classmethod

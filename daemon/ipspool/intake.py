@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ipspool.clock import Clock
@@ -43,6 +44,7 @@ class Intake:
         self.clock = clock
         self.totals = totals
         self.max_file_bytes = max_file_bytes
+        self.owner_ok: Callable[[int], bool] | None = None  # spool.check_owner (Supervisor.start)
         self.log = get_logger()
         self.backlog: deque[tuple[str, float]] = deque()
         self.fresh: deque[tuple[str, float]] = deque()
@@ -142,7 +144,7 @@ class Intake:
     def inspect(self, name: str, job_name: str) -> Claimed | None:
         """The claimed input, checked; None when it was rejected to failed/."""
         try:
-            return self.spool.inspect(name, job_name, self.max_file_bytes)
+            return self.spool.inspect(name, job_name, self.max_file_bytes, self.owner_ok)
         except InputRejected as exc:
             self.reject(name, job_name, exc)
             return None

@@ -37,7 +37,7 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -237,6 +237,101 @@ def path_problems(spool_dir: Path, results_dir: Path, runtime_dir: Path, log_fil
     return problems
 
 
+# POSIX ACLs in their extended-attribute form (linux/posix_acl_xattr.h):
+# a version, then (tag, perm, id) entries sorted by tag, then id.
+_ACL_DEFAULT_XATTR = "system.posix_acl_default"
+_ACL_VERSION = 2
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_ACL_UNDEFINED_ID = 0xFFFFFFFF
+_ACL_R, _ACL_RWX = 4, 7
+
+
+def private_default_acl(reader_uid: int | None) -> bytes:
+    """The default ACL of tmp/ and incoming/: a file is its owner's and ``reader_uid``'s, not its group's.
+
+    ``default:user::rwx, default:user:READER:r--, default:group::---,
+    default:mask::r--, default:other::---``: whatever mode a producer creates
+    a file with (0640, 0666...), its group (the producer group) gets nothing,
+    other producers nothing, the service user read; the mode bits then show
+    the mask (0640 reads "owner rw, named entries r").
+    """
+    import struct
+
+    entries = [(_ACL_USER_OBJ, _ACL_RWX, _ACL_UNDEFINED_ID)]
+    if reader_uid is not None:
+        entries.append((_ACL_USER, _ACL_R, reader_uid))
+    entries += [(_ACL_GROUP_OBJ, 0, _ACL_UNDEFINED_ID), (_ACL_MASK, _ACL_R, _ACL_UNDEFINED_ID),
+                (_ACL_OTHER, 0, _ACL_UNDEFINED_ID)]
+    return struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *e) for e in entries)
+
+
+def acl_entries(raw: bytes) -> list[tuple[int, int, int]]:
+    """(tag, perm, id) of an ACL in its extended-attribute form."""
+    import struct
+
+    return [struct.unpack_from("<HHI", raw, 4 + 8 * i) for i in range((len(raw) - 4) // 8)]
+
+
+def ensure_private_default_acl(path: Path, reader_uid: int | None) -> bool:
+    """Give ``path`` the default ACL of ``private_default_acl``; False where the filesystem has no ACLs.
+
+    Written only when it differs, so a sandbox that forbids it is fine once
+    tmpfiles.d (``a+`` lines) has set it.
+    """
+    wanted = private_default_acl(reader_uid)
+    try:
+        current = os.getxattr(path, _ACL_DEFAULT_XATTR, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        if exc.errno != errno.ENODATA:
+            raise
+        current = b""
+    if current and (reader_uid is None or (_ACL_USER, _ACL_R, reader_uid) in acl_entries(current)) \
+            and (_ACL_GROUP_OBJ, 0, _ACL_UNDEFINED_ID) in acl_entries(current) \
+            and (_ACL_OTHER, 0, _ACL_UNDEFINED_ID) in acl_entries(current):
+        return True
+    try:
+        os.setxattr(path, _ACL_DEFAULT_XATTR, wanted, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return False
+        raise
+    return True
+
+
+class OwnerCheck:
+    """May a file owned by ``uid`` be processed? Members of the producer group, the service user, root.
+
+    Membership comes from the user and group databases (primary and
+    supplementary groups: getgrouplist), each answer kept for a minute.
+    """
+
+    TTL = 60.0
+
+    def __init__(self, producer_gid: int) -> None:
+        self.gid = producer_gid
+        self.trusted = {0, os.geteuid()}
+        self.cache: dict[int, tuple[bool, float]] = {}
+
+    def __call__(self, uid: int) -> bool:
+        if uid in self.trusted:
+            return True
+        now = time.monotonic()
+        known = self.cache.get(uid)
+        if known is not None and now - known[1] < self.TTL:
+            return known[0]
+        import pwd
+
+        try:
+            user = pwd.getpwuid(uid)
+            member = self.gid in os.getgrouplist(user.pw_name, user.pw_gid)
+        except (KeyError, OSError):
+            member = False  # no such user: nobody the administrator let submit
+        self.cache[uid] = (member, now)
+        return member
+
+
 class Spool:
     """The spool and results directories, held open by file descriptor."""
 
@@ -246,6 +341,7 @@ class Spool:
         self.fds: dict[str, int] = {}
         self.run = ""  # this run's folder in results/.parts/ (start_run)
         self.abandon = threading.Event()  # set at shutdown: stop copying
+        self.acl_unsupported: list[str] = []  # tmp/, incoming/ on a filesystem without ACLs (create)
 
     # -- setting up -------------------------------------------------------
 
@@ -283,6 +379,13 @@ class Spool:
                     os.chown(path, -1, producer_gid)
                 if stat.S_IMODE(st.st_mode) != 0o3770:
                     path.chmod(0o3770)
+                # A producer's file is readable by itself and the service,
+                # not by the producer group (other producers): a default ACL.
+                # Root reads without it, so it names the service user only
+                # when the daemon is not root.
+                euid = os.geteuid()
+                if not ensure_private_default_acl(path, euid if euid != 0 else None):
+                    self.acl_unsupported.append(str(path))
         self.results.mkdir(parents=True, exist_ok=True, mode=0o750)
         (self.results / PARTS).mkdir(exist_ok=True, mode=0o700)
 
@@ -374,8 +477,9 @@ class Spool:
         fsync_dir(self.fds["incoming"])
         fsync_dir(self.fds["active"])
 
-    def inspect(self, name: str, job_name: str, max_bytes: int) -> Claimed:
-        """Open a claimed file safely and check it may be read."""
+    def inspect(self, name: str, job_name: str, max_bytes: int,
+                owner_ok: Callable[[int], bool] | None = None) -> Claimed:
+        """Open a claimed file safely and check it may be read (and, with ``owner_ok``, who owns it)."""
         try:
             fd = os.open(job_name, _FILE_FLAGS, dir_fd=self.fds["active"])
         except OSError as exc:
@@ -399,6 +503,9 @@ class Spool:
         finally:
             os.close(fd)
         kind = stat.S_IFMT(st.st_mode)
+        if owner_ok is not None and not owner_ok(st.st_uid):
+            raise InputRejected("foreign_owner", f"owned by uid {st.st_uid}, who is neither in the producer "
+                                                 f"group nor the service user (spool.check_owner)")
         if kind != stat.S_IFREG:
             raise InputRejected("not_regular_file", f"is {_NOT_REGULAR.get(kind, 'not a regular file')}")
         if st.st_nlink > 1:

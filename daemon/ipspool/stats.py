@@ -13,6 +13,16 @@ restarted Manager from it, which is why a Manager crash loses nothing.
 Every update is one round trip carrying a batch (about 80 us each): workers
 publish at most a few times a second, never per address.
 
+Operators never speak this protocol: multiprocessing's is pickle, and the
+socket and its key belong to the service account, so a compromised service
+could make a root ``ipspool status`` unpickle anything. The Manager process
+writes its snapshot to ``RUNTIME/status.json`` instead (``SnapshotWriter``:
+a temporary file, written whole, fsync'd, renamed in, mode 0640, when it
+changed, at most four times a second, and every two seconds anyway so its
+``written`` time shows it is alive); ``ipspool status`` and ``ipspool
+reload`` read only that file (``ipspool.statusfile``). Workers and the
+supervisor, the service account itself, keep using the Manager.
+
 Nothing waits on the Manager for long: a stopped or hung Manager (kill -STOP,
 a stuck thread) must not stop the supervisor or a worker. Every step of a
 client's exchange (connect, handshake, request, reply) is bounded by a
@@ -43,7 +53,9 @@ from ipspool.fsops import write_all
 from ipspool.spool import SpoolError, fsync_dir
 
 __all__ = [
+    "STATUS_NAME",
     "AuthkeyError",
+    "SnapshotWriter",
     "Stats",
     "StatsClient",
     "StatsConnection",
@@ -54,6 +66,10 @@ __all__ = [
 ]
 
 SOCKET_NAME = "stats.sock"
+STATUS_NAME = "status.json"
+STATUS_MODE = 0o640
+_WRITE_EVERY = 0.25   # at most four snapshots a second
+_REFRESH_EVERY = 2.0  # rewritten at least this often: its "written" time says the Manager lives
 AUTHKEY_NAME = "authkey"
 _HANDSHAKE_TIMEOUT = 5.0
 CALL_TIMEOUT = 1.0  # seconds for each step of a client's exchange with the Manager
@@ -70,30 +86,42 @@ class Stats:
         self._totals: dict[str, int] = {}
         self._daemon: dict[str, Any] = {}
         self._workers: dict[int, dict[str, Any]] = {}
+        self.version = 0  # bumped by every change (SnapshotWriter writes when it moved)
 
     def set_totals(self, totals: dict[str, int]) -> None:
         with self._lock:
             self._totals = dict(totals)
+            self.version += 1
 
     def set_daemon(self, info: dict[str, Any]) -> None:
         with self._lock:
             self._daemon.update(info)
+            self.version += 1
 
     def update_worker(self, slot: int, fields: dict[str, Any]) -> None:
         with self._lock:
             self._workers.setdefault(slot, {}).update(fields)
+            self.version += 1
 
     def remove_worker(self, slot: int) -> None:
         with self._lock:
             self._workers.pop(slot, None)
+            self.version += 1
+
+    def versioned(self) -> tuple[int, dict[str, Any]]:
+        with self._lock:
+            return self.version, self.snapshot_locked()
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
-            return {
-                "daemon": dict(self._daemon),
-                "totals": dict(self._totals),
-                "workers": {slot: dict(row) for slot, row in sorted(self._workers.items())},
-            }
+            return self.snapshot_locked()
+
+    def snapshot_locked(self) -> dict[str, Any]:
+        return {
+            "daemon": dict(self._daemon),
+            "totals": dict(self._totals),
+            "workers": {slot: dict(row) for slot, row in sorted(self._workers.items())},
+        }
 
 
 # The one Stats object of a Manager process. The registry below must name a
@@ -215,7 +243,65 @@ StatsManager.register("stats", callable=_served_stats, exposed=(
 ))
 
 
-def _serve_init(title: str, level: str, watch: connection.Connection, log_file: str = "") -> None:
+def write_status(runtime_dir: Path, snapshot: dict[str, Any]) -> None:
+    """Replace RUNTIME/status.json whole: a temporary file, written, fsync'd, renamed in (mode 0640)."""
+    import orjson
+
+    data = orjson.dumps(snapshot, option=orjson.OPT_NON_STR_KEYS)
+    tmp = runtime_dir / f".{STATUS_NAME}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, STATUS_MODE)
+    try:
+        os.fchmod(fd, STATUS_MODE)  # whatever the umask (the Manager's is 077)
+        write_all(fd, data)
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.rename(tmp, runtime_dir / STATUS_NAME)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+class SnapshotWriter:
+    """The Manager's thread that keeps RUNTIME/status.json current (see the module docstring)."""
+
+    def __init__(self, stats: Stats, runtime_dir: Path) -> None:
+        self.stats = stats
+        self.runtime_dir = runtime_dir
+        self.failing = False
+
+    def write_once(self, last_version: int, last_write: float) -> tuple[int, float]:
+        version, snapshot = self.stats.versioned()
+        now = time.time()
+        if version == last_version and now - last_write < _REFRESH_EVERY:
+            return last_version, last_write
+        snapshot["written"] = now
+        snapshot["stats_pid"] = os.getpid()
+        try:
+            write_status(self.runtime_dir, snapshot)
+        except OSError as exc:
+            if not self.failing:
+                from ipspool.logs import get_logger
+
+                get_logger().error("stats.status_write_failed", path=str(self.runtime_dir / STATUS_NAME),
+                                   error=exc.strerror or str(exc))
+            self.failing = True
+            return last_version, now
+        self.failing = False
+        return version, now
+
+    def run(self) -> None:
+        version, written = -1, 0.0
+        while True:
+            version, written = self.write_once(version, written)
+            time.sleep(_WRITE_EVERY)
+
+
+def _serve_init(title: str, level: str, watch: connection.Connection, log_file: str = "",
+                runtime_dir: str = "") -> None:
     """Runs first in the Manager process."""
     # The Manager outlives neither signals sent to the process group (the
     # supervisor decides when it stops) nor the supervisor itself.
@@ -241,6 +327,9 @@ def _serve_init(title: str, level: str, watch: connection.Connection, log_file: 
         os._exit(0)
 
     threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
+    if runtime_dir:
+        writer = SnapshotWriter(_SERVED, Path(runtime_dir))
+        threading.Thread(target=writer.run, name="status-writer", daemon=True).start()
 
 
 class AuthkeyError(Exception):
@@ -354,7 +443,7 @@ def start_manager(
         pass
     keep, watch = ctx.Pipe(duplex=False)
     manager = StatsManager(address=str(address), authkey=authkey, ctx=ctx)
-    manager.start(_serve_init, (title, level, keep, log_file))
+    manager.start(_serve_init, (title, level, keep, log_file, str(runtime_dir)))
     keep.close()
     return manager, watch
 

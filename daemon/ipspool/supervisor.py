@@ -43,7 +43,7 @@ from ipspool.pool import ForkserverLauncher, WorkerPool
 from ipspool.protocol import Done, Failed, Halted, Lost, UnitExited
 from ipspool.recovery import recover
 from ipspool.reporting import Picture, Reporter, StatsLink
-from ipspool.spool import Spool, SpoolError, ensure_runtime_dir
+from ipspool.spool import OwnerCheck, Spool, SpoolError, ensure_runtime_dir
 from ipspool.stats import ensure_authkey
 from ipspool.watcher import IncomingWatcher
 
@@ -128,7 +128,13 @@ class Supervisor:
         set_title(f"ipspool: supervisor {config.spool_dir}")
         self.install_signals()
         load_pipeline(config).close()  # a stage that cannot load stops us here, clearly
-        self.spool.create(self.producer_gid())
+        producer_gid = self.producer_gid()
+        self.spool.create(producer_gid)
+        if producer_gid is not None and config.spool.check_owner:
+            self.intake.owner_ok = OwnerCheck(producer_gid)
+        if self.spool.acl_unsupported:
+            self.log.warning("spool.acl_unsupported", paths=self.spool.acl_unsupported,
+                             note="no ACLs on this filesystem: producers can read each other's pending files")
         self.spool.open()
         ensure_runtime_dir(config.runtime_dir)
         self.authkey = self.stats.authkey = ensure_authkey(config.runtime_dir)
@@ -404,6 +410,17 @@ class Supervisor:
         self.reporter.reconfigure(new)
         self.book.config = new
         self.intake.max_file_bytes = new.spool.max_file_bytes
+        if not new.spool.check_owner:
+            self.intake.owner_ok = None
+        else:
+            try:
+                gid = self.producer_gid()
+            except ConfigError:
+                gid = -1  # the group is gone: keep the check there was (the next start refuses the config)
+            if gid is None:
+                self.intake.owner_ok = None
+            elif gid >= 0:
+                self.intake.owner_ok = OwnerCheck(gid)
         self.committer.keep_processed = new.spool.keep_processed
         self.generation += 1
         self.executor.reconfigure(new, self.generation)

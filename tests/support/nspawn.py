@@ -198,6 +198,19 @@ def dropin(extra: str = "") -> str:
     return "\n".join(lines) + "\n" + extra
 
 
+GENERATOR = "/etc/systemd/system-generators/ipspool-generator"
+TEST_IPSPOOL = "/etc/ipspool/test-ipspool"
+
+
+def install_generator(machine: Machine) -> None:
+    """systemd/ipspool-generator, running ``ipspool`` from the test virtualenv (no /usr/bin/ipspool here)."""
+    machine.write(TEST_IPSPOOL, f'#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m ipspool "$@"\n')
+    machine.run("chmod", "755", TEST_IPSPOOL)
+    text = (REPO / "systemd" / "ipspool-generator").read_text()
+    machine.write(GENERATOR, text.replace("${IPSPOOL_BIN:-/usr/bin/ipspool}", TEST_IPSPOOL))
+    machine.run("chmod", "755", GENERATOR)
+
+
 def boot_ipspool(name: str, log_dir: Path, extra_dropin: str = "") -> Iterator[Machine]:
     """Boot, install unit + sysusers + tmpfiles + config + a producer user; power off at the end."""
     require_container()
@@ -219,6 +232,7 @@ def boot_ipspool(name: str, log_dir: Path, extra_dropin: str = "") -> Iterator[M
         machine.write("/etc/systemd/system/ipspool.service.d/test.conf", dropin(extra_dropin))
         machine.write("/etc/sysusers.d/ipspool.conf", (systemd_dir / "ipspool.sysusers").read_text())
         machine.write("/etc/tmpfiles.d/ipspool.conf", (systemd_dir / "ipspool.tmpfiles").read_text())
+        install_generator(machine)
         machine.configure()
         machine.sh("systemd-sysusers && systemd-tmpfiles --create /etc/tmpfiles.d/ipspool.conf")
         machine.run("useradd", "--no-create-home", "-G", "ipspool-submit", PRODUCER)
