@@ -27,6 +27,7 @@ import os
 import selectors
 import signal
 from collections import deque
+from collections.abc import Callable
 
 from ipspool.clock import SYSTEM_CLOCK, Clock, Periodic
 from ipspool.commit import Committer
@@ -128,30 +129,14 @@ class Supervisor:
         set_title(f"ipspool: supervisor {config.spool_dir}")
         self.install_signals()
         load_pipeline(config).close()  # a stage that cannot load stops us here, clearly
-        producer_gid = self.producer_gid()
-        self.spool.create(producer_gid)
-        if producer_gid is not None and config.spool.check_owner:
-            self.intake.owner_ok = OwnerCheck(producer_gid)
-        if self.spool.acl_unsupported:
-            self.log.warning("spool.acl_unsupported", paths=self.spool.acl_unsupported,
-                             note="no ACLs on this filesystem: producers can read each other's pending files")
-        self.spool.open()
+        self.prepare_spool()
         ensure_runtime_dir(config.runtime_dir)
         self.authkey = self.stats.authkey = ensure_authkey(config.runtime_dir)
         self.recover()
         self.ctx.set_forkserver_preload(["ipspool.forkserver"])
         self.stats.start(self.selector)
-        if self._executor is None and config.executor.kind == "dask":
-            try:
-                from ipspool.dask_executor import DaskExecutor  # distributed is an optional extra
-            except ImportError as exc:
-                raise ConfigError(self.config_path or "<config>", (
-                    f"executor.kind = \"dask\" needs the ipspool[dask] extra ({exc})",)) from None
-            self._executor = DaskExecutor(config, self.spool.parts_dir, self.clock, self.reporter.totals)
         if self._executor is None:
-            launcher = ForkserverLauncher(self.ctx, config.runtime_dir, self.authkey, self.spool.parts_dir,
-                                          self.clock)
-            self._executor = WorkerPool(config, launcher, self.clock, self.reporter.totals)
+            self._executor = make_executor(self, config)
         self.executor.start(self.selector)
         # Threads start only now, after the forkserver exists: no fork ever
         # happens in a process that runs the observer.
@@ -165,16 +150,16 @@ class Supervisor:
             stages=list(config.pipeline.stages), config=self.config_path or "<defaults>",
         )
 
-    def producer_gid(self) -> int | None:
-        name = self.config.spool.producer_group
-        if not name:
-            return None
-        import grp
-
-        try:
-            return grp.getgrnam(name).gr_gid
-        except KeyError:
-            raise ConfigError(self.config_path or "<config>", (f"spool.producer_group: no group {name!r}",)) from None
+    def prepare_spool(self) -> None:
+        """Create (or check) the spool's folders, their producer group and ACLs; open them."""
+        gid = producer_gid(self.config, self.config_path)
+        self.spool.create(gid)
+        if gid is not None and self.config.spool.check_owner:
+            self.intake.owner_ok = OwnerCheck(gid)
+        if self.spool.acl_unsupported:
+            self.log.warning("spool.acl_unsupported", paths=self.spool.acl_unsupported,
+                             note="no ACLs on this filesystem: producers can read each other's pending files")
+        self.spool.open()
 
     def recover(self) -> None:
         redo, finished, failed = recover(self.spool, self.config.spool.keep_processed)
@@ -410,17 +395,7 @@ class Supervisor:
         self.reporter.reconfigure(new)
         self.book.config = new
         self.intake.max_file_bytes = new.spool.max_file_bytes
-        if not new.spool.check_owner:
-            self.intake.owner_ok = None
-        else:
-            try:
-                gid = self.producer_gid()
-            except ConfigError:
-                gid = -1  # the group is gone: keep the check there was (the next start refuses the config)
-            if gid is None:
-                self.intake.owner_ok = None
-            elif gid >= 0:
-                self.intake.owner_ok = OwnerCheck(gid)
+        self.intake.owner_ok = owner_check(new, self.config_path, self.intake.owner_ok)
         self.committer.keep_processed = new.spool.keep_processed
         self.generation += 1
         self.executor.reconfigure(new, self.generation)
@@ -461,6 +436,46 @@ class Supervisor:
         if latest > self.drain_progress:
             self.notifier.extend_timeout(_EXTEND_WINDOW)
         self.drain_progress = latest
+
+
+def producer_gid(config: Config, source: str | None) -> int | None:
+    """The gid of ``spool.producer_group`` (None when unset), or a ConfigError naming the key."""
+    name = config.spool.producer_group
+    if not name:
+        return None
+    import grp
+
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise ConfigError(source or "<config>", (f"spool.producer_group: no group {name!r}",)) from None
+
+
+def owner_check(config: Config, source: str | None,
+                current: Callable[[int], bool] | None) -> Callable[[int], bool] | None:
+    """The owner check a reloaded configuration asks for; the current one stays if its group is gone
+    (the next start refuses that configuration)."""
+    if not config.spool.check_owner:
+        return None
+    try:
+        gid = producer_gid(config, source)
+    except ConfigError:
+        return current
+    return None if gid is None else OwnerCheck(gid)
+
+
+def make_executor(supervisor: Supervisor, config: Config) -> Executor:
+    """The executor ``[executor] kind`` asks for: the local worker pool, or a Dask cluster."""
+    if config.executor.kind == "dask":
+        try:
+            from ipspool.dask_executor import DaskExecutor  # distributed is an optional extra
+        except ImportError as exc:
+            raise ConfigError(supervisor.config_path or "<config>", (
+                f"executor.kind = \"dask\" needs the ipspool[dask] extra ({exc})",)) from None
+        return DaskExecutor(config, supervisor.spool.parts_dir, supervisor.clock, supervisor.reporter.totals)
+    launcher = ForkserverLauncher(supervisor.ctx, config.runtime_dir, supervisor.authkey, supervisor.spool.parts_dir,
+                                  supervisor.clock)
+    return WorkerPool(config, launcher, supervisor.clock, supervisor.reporter.totals)
 
 
 def set_title(title: str) -> None:

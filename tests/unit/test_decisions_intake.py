@@ -48,7 +48,7 @@ class FakeSpool:
         del self.incoming[name]
         return name
 
-    def inspect(self, name: str, job_name: str, max_file_bytes: int) -> Any:
+    def inspect(self, name: str, job_name: str, max_file_bytes: int, owner_ok: Any = None) -> Any:
         if self.rejected is not None:
             raise self.rejected
         return object()

@@ -303,3 +303,40 @@ def test_disk_low_alert_compares_free_bytes_with_the_threshold(tmp_path: Path, m
     with capture_logs() as logs:
         health.disk(0.0)
     assert [e["event"] for e in logs] == expect
+
+
+def test_a_spool_on_a_filesystem_without_acls_is_used_with_a_warning(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """spool.acl_unsupported names tmp/ and incoming/: producers could read each other's files there."""
+    import grp
+
+    import ipspool.spool
+
+    config = load_config(None, spool=str(tmp_path / "spool"))
+    group = grp.getgrgid(os.getgid()).gr_name
+    config = config.model_copy(update={"spool": config.spool.model_copy(update={"producer_group": group})})
+    sup = Supervisor(config, None, clock=FakeClock(), executor=FakeExecutor())
+    monkeypatch.setattr(ipspool.spool, "ensure_private_default_acl", lambda _path, _uid: False)
+    with capture_logs() as logs:
+        sup.prepare_spool()
+    assert [e["paths"] for e in logs if e["event"] == "spool.acl_unsupported"] == [
+        [str(config.spool_dir / "tmp"), str(config.spool_dir / "incoming")]]
+    assert sup.intake.owner_ok is not None  # the owner check is on with a producer group
+    sup.spool.close()
+
+
+def test_a_status_snapshot_that_cannot_be_written_is_reported_once(tmp_path: Path) -> None:
+    """stats.status_write_failed once per outage, not once per attempt; a later write clears it."""
+    from ipspool.stats import Stats, SnapshotWriter
+
+    stats = Stats()
+    writer = SnapshotWriter(stats, tmp_path / "gone")
+    with capture_logs() as logs:
+        version, when = writer.write_once(-1, 0.0)
+        stats.set_totals({"files_done": 1})
+        writer.write_once(version, 0.0)
+    assert [e["event"] for e in logs] == ["stats.status_write_failed"]
+    (tmp_path / "gone").mkdir()
+    stats.set_totals({"files_done": 2})
+    writer.write_once(version, 0.0)
+    assert not writer.failing and (tmp_path / "gone" / "status.json").exists()
