@@ -327,7 +327,7 @@ def test_a_spool_on_a_filesystem_without_acls_is_used_with_a_warning(tmp_path: P
 
 def test_a_status_snapshot_that_cannot_be_written_is_reported_once(tmp_path: Path) -> None:
     """stats.status_write_failed once per outage, not once per attempt; a later write clears it."""
-    from ipspool.stats import Stats, SnapshotWriter
+    from ipspool.stats import SnapshotWriter, Stats
 
     stats = Stats()
     writer = SnapshotWriter(stats, tmp_path / "gone")
