@@ -332,7 +332,7 @@ def test_a_status_snapshot_that_cannot_be_written_is_reported_once(tmp_path: Pat
     stats = Stats()
     writer = SnapshotWriter(stats, tmp_path / "gone")
     with capture_logs() as logs:
-        version, when = writer.write_once(-1, 0.0)
+        version, _ = writer.write_once(-1, 0.0)
         stats.set_totals({"files_done": 1})
         writer.write_once(version, 0.0)
     assert [e["event"] for e in logs] == ["stats.status_write_failed"]
