@@ -1,0 +1,124 @@
+"""The stage contract as the pipeline enforces it: loading, checking, closing and refreshing stages."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ipspool.config import ConfigError, parse_config
+from ipspool.pipeline import Pipeline, load_pipeline, process_chunk
+
+
+def problem_for(spec: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(parse_config({"pipeline": {"stages": [spec]}}))
+    (problem,) = info.value.problems
+    prefix = f"pipeline.stages[0] ({spec}): "
+    assert problem.startswith(prefix), problem
+    return problem[len(prefix):]
+
+
+def test_a_built_in_enrichment_stage_is_loaded_from_its_module_with_the_config(tmp_path: Path) -> None:
+    """"lists" builds the lists stage from the [[lists]] tables; it matches what the list names."""
+    listed = tmp_path / "bad.txt"
+    listed.write_text("192.0.2.0/24\n")
+    config = parse_config({"pipeline": {"stages": ["classify", "lists"]},
+                           "lists": [{"name": "bad", "path": str(listed), "alert": True}]})
+    pipeline = load_pipeline(config)
+    assert type(pipeline.stages[1]).__module__ == "ipspool.stages.lists"
+    assert pipeline.alert_lists == frozenset({"bad"})
+    out, counts = process_chunk(b"192.0.2.7\n198.51.100.1\n", 1, pipeline)
+    assert b'"lists":["bad"]' in out.splitlines()[0]
+    assert counts["list.bad"] == 1 and counts["listed_alerts"] == 1
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    (":boom", 'expected a built-in name [\'classify\', \'geoip\', \'lists\', \'rdns\'] or "module:callable"'),
+    ("tests.support.stagelib:", 'expected a built-in name [\'classify\', \'geoip\', \'lists\', \'rdns\'] or '
+                                '"module:callable"'),
+    ("tests.support.stagelib:boom:x", "module 'tests.support.stagelib' has no attribute 'boom:x'"),
+    ("nosuch_module_q:f", "cannot import module 'nosuch_module_q': ModuleNotFoundError: No module named "
+                          "'nosuch_module_q'"),
+    ("tests.support.stagelib:not_callable", "'not_callable' is a int, not a callable"),
+])
+def test_a_stage_that_cannot_be_loaded_is_explained(spec: str, message: str) -> None:
+    """Each way a "module:callable" can be wrong has its own message, naming what was given."""
+    assert problem_for(spec) == message
+
+
+def test_a_stage_that_cannot_be_pickled_says_why_and_what_to_do() -> None:
+    """The pickling error's type is named, with the fix."""
+    message = problem_for("tests.support.stagelib:holder.method")
+    assert message.startswith("cannot be sent to worker processes (TypeError: ")
+    assert message.endswith("); define the stage as a top-level function or a module-level instance "
+                            "whose state can be pickled")
+
+
+def returns_a_list(address: Any, /) -> Any:
+    return ["x"]
+
+
+def returns_reserved(address: Any, /) -> Mapping[str, Any]:
+    return {"ip": "spoofed", "fine": 1}
+
+
+def returns_extra(address: Any, /) -> Mapping[str, Any]:
+    return {"extra": str(address)}
+
+
+def test_a_stage_breaking_the_contract_is_a_stage_error_not_a_crash() -> None:
+    """A non-mapping or a reserved field becomes stage_errors on that record; other stages still run."""
+    pipeline = Pipeline(("bad_type", "reserved", "extra"), (returns_a_list, returns_reserved, returns_extra))
+    record = pipeline.run(ipaddress.ip_address("192.0.2.1"))
+    assert record == {
+        "extra": "192.0.2.1",
+        "stage_errors": {"bad_type": "TypeError: returned list, expected a mapping or None",
+                         "reserved": "ValueError: returned reserved field(s) ['ip']"},
+    }
+
+
+class Managed:
+    """A stage with data files: it can be refreshed and closed."""
+
+    blocking = False
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __call__(self, address: Any, /) -> None:
+        return None
+
+    def refresh(self) -> None:
+        self.calls.append("refresh")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class NotCallableHooks:
+    blocking = False
+    refresh = "not a method"
+    close = None
+
+    def __call__(self, address: Any, /) -> None:
+        return None
+
+
+def test_refresh_and_close_reach_every_stage_that_has_them() -> None:
+    """Stages without the hooks, or with non-callable attributes of those names, are left alone."""
+    first, second = Managed(), Managed()
+    pipeline = Pipeline(("a", "plain", "odd", "b"), (first, returns_extra, NotCallableHooks(), second))
+    pipeline.refresh()
+    assert first.calls == second.calls == ["refresh"]
+    pipeline.close()
+    assert first.calls == second.calls == ["refresh", "close"]
+
+
+def test_a_pipeline_blocks_unless_every_stage_says_it_does_not() -> None:
+    """A stage without a blocking attribute is assumed to block (it may do I/O)."""
+    assert not Pipeline(("m",), (Managed(),)).blocking
+    assert Pipeline(("m", "f"), (Managed(), returns_extra)).blocking
