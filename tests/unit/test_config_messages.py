@@ -76,3 +76,13 @@ def test_several_problems_are_one_per_line_each_naming_the_file() -> None:
 def test_usable_cpus_is_the_affinity_mask_size() -> None:
     """processes = 0 means one worker per CPU this process may run on."""
     assert usable_cpus() == len(os.sched_getaffinity(0))
+
+
+def test_the_spool_override_keeps_the_other_spool_keys(tmp_path: Path) -> None:
+    """--spool replaces spool.dir only; the file's other [spool] keys stay, also through load_config."""
+    config = parse_config({"spool": {"keep_processed": False, "max_line_bytes": 100}}, spool="/b")
+    assert (config.spool.dir, config.spool.keep_processed, config.spool.max_line_bytes) == ("/b", False, 100)
+    path = tmp_path / "ipspool.toml"
+    path.write_text('[spool]\ndir = "/a"\nkeep_processed = false\n')
+    loaded = load_config(path, spool="/c")
+    assert (loaded.spool.dir, loaded.spool.keep_processed) == ("/c", False)

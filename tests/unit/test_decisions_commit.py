@@ -183,7 +183,10 @@ def test_a_publish_on_a_full_disk_keeps_the_job_queued_with_back_off(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(sup.spool, "publish_result", full)
-    sup.committer.commit()
+    with capture_logs() as logs:
+        sup.committer.commit()
+    assert [(e["reason"], e["detail"]) for e in logs if e["event"] == "disk.full"] == [
+        ("commit", "[Errno 28] No space left on device")]
     job = next(iter(sup.book.jobs.values()))
     assert job.state is JobState.QUEUED and sup.committer.to_commit == [job]
     assert sup.committer.retry_at == clock.now + 0.5
@@ -255,3 +258,83 @@ def test_shutdown_abandons_joins_and_accepts_no_more(tmp_path: Path) -> None:
     assert sup.spool.abandon.is_set()
     with pytest.raises(RuntimeError):
         sup.committer.assembler.submit(lambda: None)
+
+
+def test_only_the_append_that_takes_in_the_last_part_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Earlier appends skip fsync; the one completing the result fsyncs it."""
+    sup, _, executor = make(tmp_path, slots=8)
+    with_recorder(sup)
+    claim_one(sup, executor, "big", lines(3000))
+    real = sup.spool.append_parts
+    syncs: list[bool] = []
+
+    def recording(out: str, parts: list[str], offset: int, sync: bool) -> int:
+        syncs.append(sync)
+        return real(out, parts, offset, sync)
+
+    monkeypatch.setattr(sup.spool, "append_parts", recording)
+    finish_all(sup, executor)
+    sup.committer.commit()
+    settle(sup)
+    sup.committer.commit()
+    assert syncs and syncs[-1] is True and not any(syncs[:-1])
+    assert (sup.config.results_dir / "big.jsonl").exists()
+
+
+def test_the_final_join_running_out_of_space_queues_the_job_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on the last append of a complete job: back on the commit queue, published once space is back."""
+    sup, clock, executor = make(tmp_path, slots=8)
+    recorder = with_recorder(sup)
+    claim_one(sup, executor, "big", lines(3000))
+    count = len(executor.submitted)
+    finish_all(sup, executor, order=[count - 1, *range(count - 1)])  # part 0 last: nothing joins early
+    real = sup.spool.append_parts
+    full = [True]
+
+    def maybe_full(*args: Any) -> int:
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args)
+
+    monkeypatch.setattr(sup.spool, "append_parts", maybe_full)
+    sup.committer.commit()
+    settle(sup)
+    job = next(iter(sup.book.jobs.values()))
+    assert job.state is JobState.QUEUED and sup.committer.to_commit == [job]
+    full[0] = False
+    clock.advance(1)
+    sup.committer.commit()
+    settle(sup)
+    sup.committer.commit()
+    assert [name for name, _ in recorder.committed] == ["big"]
+
+
+def test_a_join_still_running_when_its_file_fails_is_cleaned_up_when_it_reports(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The half-joined result of a failed file is removed once its append comes back."""
+    sup, _, executor = make(tmp_path, slots=8)
+    with_recorder(sup)
+    claim_one(sup, executor, "big", lines(3000))
+    chunks = [c for c, _ in executor.submitted]
+    real = sup.spool.append_parts
+    release = threading.Event()
+
+    def slow(*args: Any) -> int:
+        release.wait(30)
+        return real(*args)
+
+    monkeypatch.setattr(sup.spool, "append_parts", slow)
+    part = sup.spool.part_path("p0")
+    Path(part).write_bytes(b"x\n")
+    executor.report(Done(chunks[0].key, part, {"lines": 1}), chunks[0].key)
+    sup.route_events()
+    job = sup.book.jobs[chunks[0].job]
+    assert job.assembly.running
+    sup.book.fail_job(job, "unreadable", "x")
+    release.set()
+    settle(sup)
+    assert not Path(sup.committer.assembly_path(job)).exists()
+    assert not job.assembly.running

@@ -332,3 +332,63 @@ def test_a_job_closed_twice_closes_its_file_once(tmp_path: Path) -> None:
     assert job.fd is None
     report(sup, executor, Failed(chunk.key, "unreadable", "x"))
     assert job.failed
+
+
+def test_a_claimed_file_is_logged_counted_and_its_chunks_carry_its_identity(tmp_path: Path) -> None:
+    """file.claimed names file, job and bytes; jobs are numbered from 1; chunks carry the file's dev and ino."""
+    sup, _, executor = make(tmp_path, slots=16)
+    with capture_logs() as logs:
+        claim_one(sup, executor, "a", lines(3000))
+        claim_one(sup, executor, "b", b"1.2.3.4\n")
+    size = len(lines(3000))
+    assert events_named(logs, "file.claimed") == [
+        {"event": "file.claimed", "log_level": "info", "file": "a", "job": "a", "bytes": size},
+        {"event": "file.claimed", "log_level": "info", "file": "b", "job": "b", "bytes": 8},
+    ]
+    assert sup.reporter.totals["files_claimed"] == 2
+    chunks = [c for c, _ in executor.submitted]
+    assert sorted({c.job for c in chunks}) == [1, 2]
+    for chunk in chunks:
+        st = os.stat(chunk.path)
+        assert (chunk.dev, chunk.ino) == (st.st_dev, st.st_ino)
+    assert not sup.book.scanning
+
+
+def test_a_read_error_while_splitting_fails_the_file_as_unreadable(tmp_path: Path) -> None:
+    """An I/O error from the splitter sends the file to failed/ with the error named."""
+    sup, _, executor = make(tmp_path, slots=1)
+    claim_one(sup, executor, "big", lines(3000))
+    job = next(iter(sup.book.jobs.values()))
+
+    def failing() -> Any:
+        raise OSError(errno.EIO, "Input/output error")
+        yield  # a generator, as the splitter is
+
+    job.chunks = failing()
+    assert sup.book.split_next(job) is None
+    info = error_json(sup, "big")
+    assert (info["reason"], info["detail"]) == ("unreadable", "read error while splitting: Input/output error")
+
+
+@pytest.mark.parametrize(("size", "processes", "expected"), [
+    (16384, 2, 1 << 20),   # MIN_SPLIT itself stays one chunk
+    (16385, 2, 4097),      # just over: two chunks per worker
+    (20000, 4, 4096),      # never below the smallest chunk_bytes
+])
+def test_a_lone_files_chunk_size_at_its_edges(tmp_path: Path, size: int, processes: int, expected: int) -> None:
+    """chunk_bytes_for: one chunk up to MIN_SPLIT, then size / (2 x workers), never under 4096."""
+    sup, _, _ = make(tmp_path, chunk_bytes=1 << 20, processes=processes)
+    assert sup.book.chunk_bytes_for(size, waiting=0) == expected
+
+
+def test_a_delay_in_the_log_is_rounded_to_the_millisecond(tmp_path: Path) -> None:
+    """disk.retry's delay has three decimals."""
+    sup, clock, executor = make(tmp_path, slots=2)
+    claim_one(sup, executor, "a", b"1.2.3.4\n")
+    claim_one(sup, executor, "b", b"1.2.3.5\n")
+    first, second = (c for c, _ in executor.submitted)
+    report(sup, executor, Failed(first.key, "disk_full", "ENOSPC", retry=True))
+    clock.advance(0.00123)
+    with capture_logs() as logs:
+        report(sup, executor, Failed(second.key, "disk_full", "ENOSPC", retry=True))
+    assert events_named(logs, "disk.retry")[0]["delay"] == 0.501

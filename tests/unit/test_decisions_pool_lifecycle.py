@@ -399,7 +399,7 @@ def test_reconfigure_starts_the_new_generation_from_the_new_config(tmp_path: Pat
 def test_submit_sends_the_chunk_itself_and_refuses_without_capacity(tmp_path: Path) -> None:
     """The worker receives RunChunk of exactly the chunk; no capacity is a bug the job book avoids."""
     pool, _, _, _ = make_pool(tmp_path)
-    with pytest.raises(RuntimeError, match="submit without capacity"):
+    with pytest.raises(RuntimeError, match=r"^submit without capacity$"):
         pool.submit(chunk())
     ready_all(pool)
     pool.submit(chunk(3, 4))
@@ -588,3 +588,50 @@ def test_the_launcher_gives_the_worker_its_end_of_the_pipe_and_keeps_only_ours(t
     proc.join(2.5)
     proc.kill()
     assert spec["joined"] == 2.5 and spec["killed"]
+
+
+class ConfigSeeingLauncher(FakeLauncher):
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.configs: list[Config] = []
+
+    def launch(self, slot: int, config: Config) -> FakeProcess:
+        self.configs.append(config)
+        return super().launch(slot, config)
+
+
+def test_a_spawned_worker_is_watched_on_its_pipe_and_its_sentinel(tmp_path: Path) -> None:
+    """worker.spawned names slot, pid and generation; the selector's callbacks read the pipe and reap the exit."""
+    config = load_config(None, spool=str(tmp_path / "spool"))
+    config = config.model_copy(update={"workers": config.workers.model_copy(update={"processes": 1})})
+    clock = FakeClock()
+    launcher = ConfigSeeingLauncher(clock)
+    selector = FakeSelector()
+    pool = WorkerPool(config, launcher, clock, Counter())
+    with capture_logs() as logs:
+        pool.start(selector)  # type: ignore[arg-type]
+    worker = only(pool)
+    assert launcher.configs == [config]
+    assert logs == [{"event": "worker.spawned", "log_level": "info", "worker": 0, "worker_pid": worker.pid,
+                     "generation": 0}]
+    proc_of(worker).conn.inbox.append(Ready(worker.pid))
+    selector.registered[worker.proc.conn](worker.proc.conn)
+    assert worker.state is WorkerState.READY
+    proc_of(worker).code = 1
+    selector.registered[worker.proc.sentinel](worker.proc.sentinel)
+    assert worker.state is WorkerState.EXITED and pool.workers == {}
+
+
+def test_reaping_waits_a_second_at_most_for_the_exited_process(tmp_path: Path) -> None:
+    """on_exit joins with a short timeout: the sentinel said it is gone, so this only collects the status."""
+    config = load_config(None, spool=str(tmp_path / "spool"))
+    config = config.model_copy(update={"workers": config.workers.model_copy(update={"processes": 1})})
+    clock = FakeClock()
+    pool = WorkerPool(config, SlowLauncher(clock), clock, Counter())
+    pool.start(FakeSelector())  # type: ignore[arg-type]
+    worker = only(pool)
+    proc = worker.proc
+    assert isinstance(proc, SlowProcess)
+    proc.code = 0
+    pool.on_exit(worker)
+    assert proc.joins == [1]
