@@ -392,3 +392,12 @@ def test_a_delay_in_the_log_is_rounded_to_the_millisecond(tmp_path: Path) -> Non
     with capture_logs() as logs:
         report(sup, executor, Failed(second.key, "disk_full", "ENOSPC", retry=True))
     assert events_named(logs, "disk.retry")[0]["delay"] == 0.501
+
+
+def test_a_split_file_leaves_no_descriptor_open(tmp_path: Path) -> None:
+    """The splitter's descriptor is closed once the last chunk is cut."""
+    sup, _, executor = make(tmp_path, slots=16)
+    before = len(os.listdir("/proc/self/fd"))
+    claim_one(sup, executor, "big", lines(3000))
+    assert len(executor.submitted) > 1
+    assert len(os.listdir("/proc/self/fd")) == before
