@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 
 import pytest
 
@@ -118,3 +119,14 @@ def test_a_long_scan_pauses_once_per_scan_step_and_not_at_the_very_end(monkeypat
         steps = list(split_steps(fd, len(data), CHUNK, LIMIT))
     assert [s if s is None else (s.start, s.end, s.too_long) for s in steps] == [
         (0, 4096, False), None, None, (4096, len(data), True)]
+
+
+def test_a_file_that_shrank_under_the_splitter_still_gives_ordered_tiling_chunks() -> None:
+    """Reads short of the announced size end the search; chunks still tile [0, size) in order."""
+    data = b"1.2.3.4\n" * 600
+    size = len(data) + 5000
+    with opened(data) as fd:
+        chunks = list(split_file(fd, size, CHUNK, LIMIT))
+    assert chunks[0].start == 0 and chunks[-1].end == size
+    assert all(a.end == b.start for a, b in pairwise(chunks))
+    assert all(c.end > c.start for c in chunks)

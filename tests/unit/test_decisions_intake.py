@@ -216,3 +216,12 @@ def test_a_rejection_that_cannot_be_written_leaves_the_input_in_active(
          "error": "[Errno 30] Read-only file system", "note": "left in active/; retried at the next start"},
     ]
     assert sup.reporter.totals["files_failed"] == 1
+
+
+def test_every_rejection_counts(tmp_path: Path) -> None:
+    """files_failed goes up by one per rejected input."""
+    sup, _, _ = make(tmp_path)
+    for name in ("a", "b"):
+        drop(sup, name, b"x")
+        sup.intake.reject(name, name, InputRejected("hard_link", "2 links"))
+    assert sup.reporter.totals["files_failed"] == 2

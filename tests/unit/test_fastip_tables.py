@@ -85,6 +85,7 @@ def test_ipv6_edges_include_the_integer_rules_and_every_embedded_ipv4_edge() -> 
     assert ten in edges
     assert (0x2002 << 112) | (ten << 80) in edges
     assert int(V6("fe80::")) in edges
+    assert fastip._edges(n for n in fastip.NETWORKS if n.version == 6) <= fastip._v6_edges(set())
 
 
 @pytest.mark.parametrize("n", [0, 1, 0xFFFF, 0x10000, 0x1020304, 0xFFFF0000, 0xFFFFFFFF, (0xFFFF << 32) | 0x1020304,
@@ -100,14 +101,17 @@ def test_this_python_and_libc_take_the_fast_path() -> None:
     assert fastip._inet_pton_is_strict() is True
 
 
-def test_a_libc_that_accepts_a_refused_form_is_not_strict(monkeypatch: pytest.MonkeyPatch) -> None:
-    """If inet_pton took e.g. "1.2.3", every address would go the slow way."""
+@pytest.mark.parametrize(("family", "text"), [(fastip.socket.AF_INET, "1.2.3"), (fastip.socket.AF_INET6, "::00001")])
+def test_a_libc_that_accepts_a_refused_form_is_not_strict(
+    monkeypatch: pytest.MonkeyPatch, family: int, text: str
+) -> None:
+    """If inet_pton took e.g. "1.2.3" as IPv4 or "::00001" as IPv6, every address would go the slow way."""
     real = fastip.socket.inet_pton
 
-    def lenient(family: int, text: str) -> bytes:
-        if text == "1.2.3":
-            return b"\x01\x02\x00\x03"
-        return real(family, text)
+    def lenient(asked: int, given: str) -> bytes:
+        if (asked, given) == (family, text):
+            return b"\x00" * (4 if family == fastip.socket.AF_INET else 16)
+        return real(asked, given)
 
     monkeypatch.setattr(fastip.socket, "inet_pton", lenient)
     assert fastip._inet_pton_is_strict() is False
