@@ -143,3 +143,13 @@ def test_line_edges_in_the_parser() -> None:
     assert counts["valid"] == 1 and counts["invalid"] == 1
     out, _ = process_chunk(b"1.2.3.5 # a # b\n", 3, load_pipeline(parse_config({})))
     assert out.startswith(b'{"line":3,"input":"1.2.3.5","ip":"1.2.3.5"')
+
+
+def test_a_pipeline_takes_its_limits_from_the_config_and_names_its_source() -> None:
+    """max_line_bytes and alerts.listed_per_file reach the pipeline; errors default to the source <config>."""
+    config = parse_config({"spool": {"max_line_bytes": 50}, "alerts": {"listed_per_file": 3}})
+    pipeline = load_pipeline(config)
+    assert (pipeline.max_line_bytes, pipeline.alert_cap) == (50, 3)
+    with pytest.raises(ConfigError) as info:
+        load_pipeline(parse_config({"pipeline": {"stages": ["nocolon"]}}))
+    assert str(info.value).startswith("<config>: pipeline.stages[0] (nocolon): ")
