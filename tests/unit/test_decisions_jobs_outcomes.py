@@ -401,3 +401,22 @@ def test_a_split_file_leaves_no_descriptor_open(tmp_path: Path) -> None:
     claim_one(sup, executor, "big", lines(3000))
     assert len(executor.submitted) > 1
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_failed_file_stays_in_the_book_until_its_last_chunk_reports(tmp_path: Path) -> None:
+    """Each file failed is counted; its job is forgotten only when nothing of it is out any more."""
+    sup, _, executor = make(tmp_path, slots=16)
+    claim_one(sup, executor, "big", lines(3000))
+    claim_one(sup, executor, "small", b"1.2.3.4\n")
+    chunks = [c for c, _ in executor.submitted]
+    big = [c for c in chunks if c.path.endswith("big")]
+    small = [c for c in chunks if c.path.endswith("small")]
+    assert len(big) >= 3
+    report(sup, executor, Failed(big[0].key, "unreadable", "x"))
+    report(sup, executor, Failed(small[0].key, "unreadable", "y"))
+    assert sup.reporter.totals["files_failed"] == 2
+    for c in big[1:-1]:
+        report(sup, executor, Done(c.key, write_part(sup, f"p{c.index}"), {"lines": 1}))
+        assert big[0].job in sup.book.jobs
+    report(sup, executor, Done(big[-1].key, write_part(sup, "last"), {"lines": 1}))
+    assert sup.book.jobs == {}

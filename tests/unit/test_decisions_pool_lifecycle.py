@@ -635,3 +635,19 @@ def test_reaping_waits_a_second_at_most_for_the_exited_process(tmp_path: Path) -
     proc.code = 0
     pool.on_exit(worker)
     assert proc.joins == [1]
+
+
+def test_a_worker_killed_earlier_does_not_hide_a_later_stale_one(tmp_path: Path) -> None:
+    """Each tick judges every worker: one already killed is skipped, the next stale one is still killed."""
+    pool, clock, _, _ = make_pool(tmp_path, processes=2, heartbeat_timeout=10.0)
+    ready_all(pool)
+    first, second = pool.workers.values()
+    pool.submit(chunk(1, 0))
+    pool.submit(chunk(2, 0))
+    second.proc.heartbeat.value = clock.now + 5
+    clock.advance(10.5)
+    pool.tick(clock.now)
+    assert first.killed_for and not second.killed_for
+    clock.advance(5)
+    pool.tick(clock.now)
+    assert second.killed_for and proc_of(second).killed
