@@ -394,13 +394,28 @@ def test_a_delay_in_the_log_is_rounded_to_the_millisecond(tmp_path: Path) -> Non
     assert events_named(logs, "disk.retry")[0]["delay"] == 0.501
 
 
-def test_a_split_file_leaves_no_descriptor_open(tmp_path: Path) -> None:
+def test_a_split_file_leaves_no_descriptor_open(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The splitter's descriptor is closed once the last chunk is cut."""
+    opened: list[int] = []
+
+    class RecordingOs:
+        """The os module as the job book sees it, noting the descriptors it opens."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        @staticmethod
+        def open(path: str, flags: int, *args: Any, **kwargs: Any) -> int:
+            fd = os.open(path, flags, *args, **kwargs)
+            opened.append(fd)
+            return fd
+
+    monkeypatch.setattr(jobs, "os", RecordingOs())
     sup, _, executor = make(tmp_path, slots=16)
-    before = len(os.listdir("/proc/self/fd"))
     claim_one(sup, executor, "big", lines(3000))
-    assert len(executor.submitted) > 1
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert len(executor.submitted) > 1 and len(opened) == 1
+    with pytest.raises(OSError):
+        os.fstat(opened[0])
 
 
 def test_a_failed_file_stays_in_the_book_until_its_last_chunk_reports(tmp_path: Path) -> None:
