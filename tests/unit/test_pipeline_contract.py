@@ -153,3 +153,25 @@ def test_a_pipeline_takes_its_limits_from_the_config_and_names_its_source() -> N
     with pytest.raises(ConfigError) as info:
         load_pipeline(parse_config({"pipeline": {"stages": ["nocolon"]}}))
     assert str(info.value).startswith("<config>: pipeline.stages[0] (nocolon): ")
+
+
+def test_alert_matches_are_counted_and_the_first_few_kept_across_batches(tmp_path: Path) -> None:
+    """counts add up over calls sharing them; alerts keep (line, ip, lists) up to alert_cap."""
+    from collections import Counter
+
+    from ipspool.pipeline import process_lines
+
+    listed = tmp_path / "bad.txt"
+    listed.write_text("192.0.2.0/24\n")
+    config = parse_config({"pipeline": {"stages": ["classify", "lists"]}, "alerts": {"listed_per_file": 2},
+                           "lists": [{"name": "bad", "path": str(listed), "alert": True}]})
+    pipeline = load_pipeline(config)
+    alerts: list[Any] = []
+    process_chunk(b"192.0.2.1\n", 1, pipeline, alerts)
+    assert alerts == [(1, "192.0.2.1", ["bad"])]
+    counts: Counter[str] = Counter()
+    alerts = []
+    process_lines([b"192.0.2.7", b"198.51.100.1"], 1, pipeline, counts, alerts)
+    process_lines([b"192.0.2.8", b"192.0.2.9"], 3, pipeline, counts, alerts)
+    assert alerts == [(1, "192.0.2.7", ["bad"]), (3, "192.0.2.8", ["bad"])]
+    assert (counts["lines"], counts["list.bad"], counts["listed_alerts"]) == (4, 3, 3)
