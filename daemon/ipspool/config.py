@@ -36,8 +36,32 @@ __all__ = [
 
 DEFAULT_SPOOL = "/var/spool/ipspool"
 
-PositiveInt = Annotated[int, Field(gt=0)]
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Upper bounds: a value past these is a typo or a unit mistake (bytes for
+# KiB, milliseconds for seconds), never a setting anyone means, and each would
+# exhaust the machine (a million forks, a billion threads) or disable a
+# safeguard (an infinite timeout never fires). Every float key has one, so
+# inf and nan are refused too (nan fails every comparison), with a message
+# that names the key and the bound.
+DAY = 86_400.0             # the longest timeout, interval or age in seconds
+MAX_PROCESSES = 1024       # workers.processes: beyond any machine's cores
+MAX_THREADS = 4096         # workers.threads: per worker
+MAX_CHUNK_BYTES = 1 << 30  # workers.chunk_bytes, and spool.max_line_bytes (a line is read whole)
+MAX_FILE_BYTES = 1 << 40   # spool.max_file_bytes: 1 TiB
+MAX_ATTEMPTS = 100         # workers.max_attempts
+MAX_INFLIGHT = 2 * MAX_THREADS  # workers.max_inflight: chunks queued to one worker
+MAX_RDNS_TIMEOUT = 60.0    # rdns.timeout: one lookup attempt
+MAX_RDNS_RETRIES = 10      # rdns.retries
+MAX_CACHE_SIZE = 1 << 24   # rdns.cache_size: answers per worker
+MAX_ALERTS_PER_FILE = 1_000_000  # alerts.listed_per_file
+MAX_BACKLOG_FILES = 100_000_000  # alerts.backlog_files
+MAX_DISK_LOW_BYTES = 1 << 50     # alerts.disk_low_bytes: 1 PiB
+MAX_METRICS_INTERVAL = 3600.0    # metrics.interval
+MAX_DNS_IN_FLIGHT = 65_536       # rdns.max_in_flight: queries one worker keeps outstanding
+MAX_DNS_RATE = 10_000_000.0      # rdns.rate_limit: queries/s per nameserver
+MAX_DISK_CACHE = 1 << 30         # rdns.disk_cache_size: answers on disk
+MAX_CLUSTER_INFLIGHT = 1 << 20   # executor.max_inflight: chunks on a cluster at once
+
+Seconds = Annotated[float, Field(gt=0, le=DAY)]
 
 
 class _Section(BaseModel):
@@ -54,13 +78,13 @@ class SpoolConfig(_Section):
         description="Where the stats socket and its authkey live; empty: SPOOL/.ipspool.",
     )
     keep_processed: bool = Field(True, description="Move processed inputs to done/ (true) or delete them.")
-    max_file_bytes: PositiveInt = Field(
+    max_file_bytes: Annotated[int, Field(gt=0, le=MAX_FILE_BYTES)] = Field(
         1 << 30, description="Inputs larger than this go to failed/ unread."
     )
-    max_line_bytes: PositiveInt = Field(
+    max_line_bytes: Annotated[int, Field(gt=0, le=MAX_CHUNK_BYTES)] = Field(
         4096, description="A longer line is an error record; its bytes are never held in memory."
     )
-    rescan_interval: PositiveFloat = Field(
+    rescan_interval: Seconds = Field(
         10.0, description="Seconds between scans of incoming/ (inotify can drop events)."
     )
     max_output_ratio: Annotated[int, Field(ge=1, le=10_000)] = Field(
@@ -84,23 +108,23 @@ class SpoolConfig(_Section):
 
 
 class WorkersConfig(_Section):
-    processes: Annotated[int, Field(ge=0)] = Field(
+    processes: Annotated[int, Field(ge=0, le=MAX_PROCESSES)] = Field(
         0, description="Worker processes; 0: one per usable CPU (sched_getaffinity)."
     )
-    threads: PositiveInt = Field(16, description="Threads in each worker's pool.")
-    chunk_bytes: Annotated[int, Field(ge=4096)] = Field(
+    threads: Annotated[int, Field(gt=0, le=MAX_THREADS)] = Field(16, description="Threads in each worker's pool.")
+    chunk_bytes: Annotated[int, Field(ge=4096, le=MAX_CHUNK_BYTES)] = Field(
         1 << 20, description="Files are split into byte ranges of about this size."
     )
-    max_attempts: PositiveInt = Field(
+    max_attempts: Annotated[int, Field(gt=0, le=MAX_ATTEMPTS)] = Field(
         3, description="A chunk that kills this many workers sends its file to failed/."
     )
-    graceful_timeout: PositiveFloat = Field(
+    graceful_timeout: Seconds = Field(
         30.0, description="Seconds a stop waits for in-flight chunks before it kills workers."
     )
-    heartbeat_timeout: PositiveFloat = Field(
+    heartbeat_timeout: Seconds = Field(
         60.0, description="A worker that makes no progress for this long is killed and replaced."
     )
-    max_inflight: Annotated[int, Field(ge=0)] = Field(
+    max_inflight: Annotated[int, Field(ge=0, le=MAX_INFLIGHT)] = Field(
         0, description="Chunks queued to one worker at a time; 0: threads + 1."
     )
 
@@ -135,20 +159,26 @@ class ListConfig(_Section):
 
 class RdnsConfig(_Section):
     nameservers: tuple[str, ...] = Field((), description='"addr:port" entries; empty: the system resolver.')
-    timeout: PositiveFloat = Field(2.0, description="Seconds for one lookup attempt.")
-    retries: Annotated[int, Field(ge=0)] = Field(1, description="Further attempts after a timeout.")
-    cache_size: Annotated[int, Field(ge=0)] = Field(65536, description="Cached answers per worker.")
-    negative_ttl: Annotated[float, Field(ge=0)] = Field(
+    timeout: Annotated[float, Field(gt=0, le=MAX_RDNS_TIMEOUT)] = Field(
+        2.0, description="Seconds for one lookup attempt."
+    )
+    retries: Annotated[int, Field(ge=0, le=MAX_RDNS_RETRIES)] = Field(
+        1, description="Further attempts after a timeout."
+    )
+    cache_size: Annotated[int, Field(ge=0, le=MAX_CACHE_SIZE)] = Field(65536, description="Cached answers per worker.")
+    negative_ttl: Annotated[float, Field(ge=0, le=DAY)] = Field(
         300.0, description="Longest time a no-PTR answer is cached (s); the zone's SOA can shorten it."
     )
     forward_confirm: bool = Field(False, description="Check that the PTR name resolves back.")
-    max_in_flight: PositiveInt = Field(2048, description="Queries each worker keeps outstanding at most.")
-    rate_limit: Annotated[float, Field(ge=0)] = Field(
+    max_in_flight: Annotated[int, Field(ge=1, le=MAX_DNS_IN_FLIGHT)] = Field(
+        2048, description="Queries each worker keeps outstanding at most."
+    )
+    rate_limit: Annotated[float, Field(ge=0, le=MAX_DNS_RATE)] = Field(
         50000.0, description="Queries a second to each nameserver from the whole daemon "
                              "(each worker sends its share); 0: no limit."
     )
     cache_dir: str = Field("", description="Directory of the on-disk cache all workers share; empty: SPOOL/.state.")
-    disk_cache_size: Annotated[int, Field(ge=0)] = Field(
+    disk_cache_size: Annotated[int, Field(ge=0, le=MAX_DISK_CACHE)] = Field(
         1_000_000, description="Answers kept in the on-disk cache (it survives restarts); 0: none."
     )
 
@@ -164,23 +194,25 @@ class GeoipConfig(_Section):
 
 
 class AlertsConfig(_Section):
-    listed_per_file: Annotated[int, Field(ge=0)] = Field(
+    listed_per_file: Annotated[int, Field(ge=0, le=MAX_ALERTS_PER_FILE)] = Field(
         20, description="ip.listed events per file before one ip.listed.suppressed."
     )
-    backlog_files: Annotated[int, Field(ge=0)] = Field(
+    backlog_files: Annotated[int, Field(ge=0, le=MAX_BACKLOG_FILES)] = Field(
         10000, description="spool.backlog warns when more files wait; 0: never."
     )
-    backlog_age: Annotated[float, Field(ge=0)] = Field(
+    backlog_age: Annotated[float, Field(ge=0, le=DAY)] = Field(
         300.0, description="spool.backlog warns when the oldest waiting file is older (s); 0: never."
     )
-    disk_low_bytes: Annotated[int, Field(ge=0)] = Field(
+    disk_low_bytes: Annotated[int, Field(ge=0, le=MAX_DISK_LOW_BYTES)] = Field(
         100 << 20, description="disk.low warns when the results filesystem has less free space."
     )
 
 
 class MetricsConfig(_Section):
     textfile: str = Field("", description="Write Prometheus metrics to this .prom file; empty: off.")
-    interval: PositiveFloat = Field(5.0, description="Seconds between metrics writes.")
+    interval: Annotated[float, Field(gt=0, le=MAX_METRICS_INTERVAL)] = Field(
+        5.0, description="Seconds between metrics writes."
+    )
 
 
 class ExecutorConfig(_Section):
@@ -190,10 +222,10 @@ class ExecutorConfig(_Section):
     scheduler: str = Field(
         "", description='The Dask scheduler, "tcp://HOST:PORT" or "tls://HOST:PORT" (kind = "dask").'
     )
-    max_inflight: Annotated[int, Field(ge=0)] = Field(
+    max_inflight: Annotated[int, Field(ge=0, le=MAX_CLUSTER_INFLIGHT)] = Field(
         0, description="Chunks sent to the cluster at a time; 0: its thread count plus one per worker."
     )
-    connect_timeout: PositiveFloat = Field(
+    connect_timeout: Annotated[float, Field(gt=0, le=DAY)] = Field(
         10.0, description="Seconds one attempt to reach the scheduler may take; attempts repeat until it answers."
     )
     tls_ca_file: str = Field("", description="CA certificate the scheduler and workers are checked against (tls://).")
