@@ -32,7 +32,7 @@ import orjson
 
 from ipspool.fsops import rename_noreplace_at
 from ipspool.logs import get_logger
-from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIX, Spool, fsync_dir, job_entries, printable
+from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIX, Spool, entry_exists, fsync_dir, job_entries, printable
 
 __all__ = ["Recovered", "recover"]
 
@@ -85,7 +85,7 @@ class _Recovery:
             rename_noreplace_at(job_name, job_name, self.fds["active"], self.fds["failed"])
             out.failed.append(job_name)
             return
-        if _exists(job_name + RESULT_SUFFIX, self.fds["results"]):
+        if entry_exists(job_name + RESULT_SUFFIX, self.fds["results"]):
             if self.own_file("results", job_name + RESULT_SUFFIX) is None:
                 detail = "a file we did not write holds the result name; nothing was overwritten"
                 error_file = self.spool.fail(job_name, "result_exists", detail, {"file": job_name})
@@ -161,7 +161,7 @@ class _Recovery:
     def name_conflicts(self, job_name: str) -> bool:
         """Does some other entry hold a name derived from this job's (see ``job_entries``)?"""
         others = [(where, entry) for where, entry in job_entries(job_name) if (where, entry) != ("active", job_name)]
-        return job_name.endswith(ERROR_SUFFIX) or any(_exists(entry, self.fds[where]) for where, entry in others)
+        return job_name.endswith(ERROR_SUFFIX) or any(entry_exists(entry, self.fds[where]) for where, entry in others)
 
     # -- leftovers ----------------------------------------------------------------
 
@@ -176,14 +176,6 @@ class _Recovery:
         for entry in os.listdir(self.fds["failed"]):
             if entry.startswith(".") and entry.endswith(".tmp"):
                 os.unlink(entry, dir_fd=self.fds["failed"])
-
-
-def _exists(name: str, dir_fd: int) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-    except FileNotFoundError:
-        return False
-    return True
 
 
 def _remove_run_folder(parts: int, name: str) -> None:

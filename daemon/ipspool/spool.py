@@ -53,6 +53,7 @@ __all__ = [
     "Spool",
     "SpoolError",
     "ensure_runtime_dir",
+    "entry_exists",
     "fsync_dir",
     "job_entries",
     "job_name_candidates",
@@ -194,7 +195,8 @@ def _open_dir(path: Path) -> int:
         raise SpoolError(f"{path}: {exc.strerror}") from None
 
 
-def _exists(name: str, dir_fd: int) -> bool:
+def entry_exists(name: str, dir_fd: int) -> bool:
+    """Is there an entry of that name (of any kind, links not followed) in the directory?"""
     try:
         os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
     except FileNotFoundError:
@@ -434,7 +436,7 @@ class Spool:
     # -- naming -----------------------------------------------------------
 
     def _taken(self, job_name: str) -> bool:
-        return any(_exists(entry, self.fds[where]) for where, entry in job_entries(job_name))
+        return any(entry_exists(entry, self.fds[where]) for where, entry in job_entries(job_name))
 
     def unique_job_name(self, name: str) -> str:
         """``name``, or ``name.N`` for the smallest N whose every entry is free (``job_entries``)."""
