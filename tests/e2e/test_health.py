@@ -40,7 +40,7 @@ def test_results_disk_under_alerts_disk_low_bytes_warns_and_a_reload_clears_it(
     make_daemon: Callable[..., Daemon],
 ) -> None:
     """disk_low_bytes larger than any disk: disk.low with the real free space; a reload to 0 clears it."""
-    d = make_daemon(alerts={"disk_low_bytes": 1 << 62})
+    d = make_daemon(alerts={"disk_low_bytes": 1 << 50})  # 1 PiB, the bound: larger than any disk here
     d.start()
     low = d.wait_event("disk.low", timeout=3 * HEALTH_EVERY)
     assert low["level"] == "warning" and low["path"] == str(d.results)
