@@ -44,7 +44,7 @@ def test_results_disk_under_alerts_disk_low_bytes_warns_and_a_reload_clears_it(
     d.start()
     low = d.wait_event("disk.low", timeout=3 * HEALTH_EVERY)
     assert low["level"] == "warning" and low["path"] == str(d.results)
-    assert low["limit_bytes"] == 1 << 62
+    assert low["limit_bytes"] == 1 << 50
     assert 0 < low["free_bytes"] <= shutil.disk_usage(d.results).free * 2
     d.drop("still-works.txt", "192.0.2.9\n")  # a warning, not an outage
     assert d.wait_result("still-works.txt")[0]["ip"] == "192.0.2.9"
