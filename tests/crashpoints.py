@@ -1297,7 +1297,8 @@ def point_record(r: PointResult, scenario: str, role: str) -> dict[str, Any]:
         "problems": r.audit.problems, "order": r.order, "notes": r.audit.notes,
         "exits": [p.exit_code for p in r.phases], "crash": [p.crash for p in r.phases if p.crash],
         "stuck": [round(p.seconds, 1) for p in r.phases if p.stuck], "outcomes": r.audit.outcomes,
-        "seconds": round(r.seconds, 2), "kept": str(r.kept or ""),
+        "seconds": round(r.seconds, 2), "kept": str(r.kept or ""), "extra_injections": r.extra_injections,
+        "settled": bool(r.phases) and r.phases[-1].settled,
     }
 
 
@@ -1379,10 +1380,15 @@ FINDINGS: dict[str, str] = {
 }
 
 
-def classify(r: PointResult, role: str) -> set[str]:  # noqa: PLR0912 - one branch per kind of problem
+def classify(r: PointResult, role: str) -> set[str]:
     """The findings a failed point shows; problems no finding explains come back as "unknown: ..."."""
+    return classify_record(point_record(r, "", role))
+
+
+def classify_record(rec: Mapping[str, Any]) -> set[str]:
+    """``classify`` for a line of the JSONL report."""
     found: set[str] = set()
-    for o in r.order:
+    for o in rec["order"]:
         rule = o.split(" ", 1)[0]
         if "failed in between" in o:
             found.add("fsync-error-then-trusted")
@@ -1394,16 +1400,24 @@ def classify(r: PointResult, role: str) -> set[str]:  # noqa: PLR0912 - one bran
             found.add("done-never-resynced")
         else:
             found.add(f"unknown: {o}")
-    for p in r.audit.problems:
-        if role == "worker" and p.startswith("part files left") and "a restart cleared it" in p:
+    for p in rec["problems"]:
+        if rec["role"] == "worker" and p.startswith("part files left") and "a restart cleared it" in p:
             found.add("dead-worker-part-left")
         else:
             found.add(f"unknown: {p}")
-    if r.hit.startswith("inexact"):
-        found.add(f"unknown: {r.hit}")
-    if r.extra_injections:
-        found.add(f"unknown: {r.extra_injections} more calls were injected")
-    for phase in r.phases:
-        if phase.stuck:
-            found.add("stuck-until-restart" if r.phases[-1].settled else "unknown: never settled")
+    if rec["hit"] != "exact":
+        found.add(f"unknown: {rec['hit']}")
+    if rec["extra_injections"]:
+        found.add(f"unknown: {rec['extra_injections']} more calls were injected")
+    if rec["stuck"]:
+        found.add("stuck-until-restart" if rec["settled"] else "unknown: never settled")
     return found
+
+
+def findings_report(records: Iterable[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Finding -> the points that show it ("scenario/role mode N call")."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for rec in records:
+        for f in sorted(classify_record(rec)):
+            out[f].append(f"{rec['scenario']}/{rec['role']} {rec['mode']} N={rec['n']} {rec['call']}")
+    return dict(out)
