@@ -1233,7 +1233,8 @@ class Explorer:
             norm = Normalizer(run.root, {pid: "{W}"})
             history = sorted([*parse_trace(sup_trace)[0], *calls], key=lambda c: c.ts)
         phases = [phase]
-        hit, extra = self._check_hit(calls, ends, target, norm, mode)
+        hit, extra = self._check_hit(calls, ends, target, norm, mode, choice, run.root,
+                                     pid if self.role == "worker" else None)
         if (mode == "kill" and self.role == "supervisor") or phase.exit_code != 0 or not phase.settled:
             # as systemd would: start it again, let it finish, stop it
             phases += finish(run, self.names, traced=True, tag="restart", timeout=self.timeout)
@@ -1259,22 +1260,33 @@ class Explorer:
         return result
 
     def _check_hit(self, calls: list[Call], ends: Mapping[int, str], target: Target, norm: Normalizer,
-                   mode: str) -> tuple[str, int]:
+                   mode: str, choice: Choice, root: Path, worker: int | None) -> tuple[str, int]:
+        """Prove from the run's own trace that the call cut (or failed) is the target.
+
+        The call must have the target's signature, and be the K-th call of its syscall in its thread
+        among those the trace shows; every shown call must match the path set as match_keys says
+        (the trace shows exactly what strace counted: so strace and the recording agree on K).
+        """
         want = target.signature
+        name = target.call.name
         if mode == "kill":
             killed = {tid for tid, how in ends.items() if "SIGKILL" in how}
-            cut = [c for c in calls if c.ret == "?" and c.tid in killed and c.name == target.call.name]
-            if not cut:
-                return "not reached", 0
-            if sum(norm.signature(c) == want for c in cut) == 1:
-                return "exact", 0
-            return f"inexact: cut at {[norm.signature(c) for c in cut]}", 0
-        injected = [c for c in calls if c.injected]
-        if not injected:
+            cut = [c for c in calls if c.ret == "?" and c.tid in killed and c.name == name]
+        else:
+            cut = [c for c in calls if c.injected]
+        if not cut:
             return "not reached", 0
-        if norm.signature(injected[0]) == want:
-            return "exact", len(injected) - 1
-        return f"inexact: injected at {norm.signature(injected[0])}", len(injected) - 1
+        extra = len(cut) - 1 if mode != "kill" else 0
+        hit = [c for c in cut if norm.signature(c) == want]
+        if len(hit) != 1:
+            return f"inexact: cut at {[norm.signature(c) for c in cut]}", extra
+        paths = {self.expand(p, root, worker) for p in choice.paths}
+        shown = [c for c in calls if c.tid == hit[0].tid and c.name == name and c.seq <= hit[0].seq]
+        if paths and not all(match_keys(c) & paths for c in shown):
+            return "inexact: strace showed calls that do not match the paths", extra
+        if len(shown) != choice.when:
+            return f"inexact: it was call {len(shown)} of its kind, not {choice.when}", extra
+        return "exact", extra
 
 
 def error_modes(target: Target) -> tuple[str, ...]:
