@@ -1411,7 +1411,7 @@ def classify_record(rec: Mapping[str, Any]) -> set[str]:  # noqa: PLR0912 - one 
     found: set[str] = set()
     for o in rec["order"]:
         rule = o.split(" ", 1)[0]
-        if "failed in between" in o:
+        if o.endswith("failed in between, and it went ahead"):
             found.add("fsync-error-then-trusted")
         elif rule == "R":
             found.add("recover-retires-unsynced-result")
