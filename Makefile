@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest bench bench-tiny mutation mutation-report deb clean
+.PHONY: demo test lint typecheck pytest crashpoints soak bench bench-tiny mutation mutation-report deb clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -38,6 +38,17 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
+
+# The full crash-point and error-injection exploration (tests/e2e/test_crashpoints.py,
+# needs strace); the report goes to build/crashpoints/ (points.jsonl, summary.jsonl).
+crashpoints: $(STAMP)
+	rm -rf build/crashpoints
+	CRASHPOINTS_REPORT=$(CURDIR)/build/crashpoints $(BIN)/pytest -m crashpoints_full -s tests/e2e/test_crashpoints.py $(PYTEST_ARGS)
+
+# kill -9 random processes of the daemon while a producer submits, then audit.
+SOAK_ARGS ?= --rounds 1000
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,dask,bench]'
