@@ -110,7 +110,36 @@ class Committer:
         batch, self.to_commit = self.to_commit, []
         # A claim must be durable before its result is: otherwise a power cut
         # could bring the input back to incoming/ beside its result.
-        self.spool.sync_claims()
+        if not self.synced("claims", self.spool.sync_claims):
+            for job in batch:
+                if job.state is JobState.QUEUED:
+                    self.requeue(job)
+            return
+        published = self.publish_batch(batch)
+        if not published:
+            return
+        self.outage.ok()
+        if not self.synced("results", self.spool.sync_results):
+            # The links may not be durable (fsyncgate: a failed fsync is not
+            # retried by the kernel): take them back and publish again later;
+            # the inputs were never retired.
+            for job, _, _ in published:
+                self.spool.unpublish(job.claimed.job_name)
+                self.requeue(job)
+            return
+        for job, _, _ in published:
+            self.retire(job)
+        # A failure here is no loss: an input whose move to done/ is not
+        # durable comes back to active/ beside its result, and recovery retires it.
+        self.synced("retired", lambda: self.spool.sync_retired(self.keep_processed))
+        for job, part, result in published:
+            for p in job.parts.values():
+                self.spool.remove_part(p)
+            self.spool.remove_part(part)
+            self.committed(job, result)
+
+    def publish_batch(self, batch: list[Job]) -> list[tuple[Job, str, str]]:
+        """Step 2 for every job of the batch that can be published now: (job, part, result path)."""
         published: list[tuple[Job, str, str]] = []
         for job in batch:
             if job.failed or self.input_changed(job):
@@ -118,18 +147,18 @@ class Committer:
             done = self.publish_one(job)
             if done is not None:
                 published.append((job, *done))
-        if not published:
-            return
-        self.outage.ok()
-        self.spool.sync_results()
-        for job, _, _ in published:
-            self.retire(job)
-        self.spool.sync_retired(self.keep_processed)
-        for job, part, result in published:
-            for p in job.parts.values():
-                self.spool.remove_part(p)
-            self.spool.remove_part(part)
-            self.committed(job, result)
+        return published
+
+    def synced(self, what: str, sync: Callable[[], None]) -> bool:
+        """Run one directory fsync step of the commit; on failure log it, back off and say False."""
+        try:
+            sync()
+        except OSError as exc:
+            self.log.error("spool.sync_failed", step=what, error=exc.strerror or str(exc),
+                           note="what depends on it is not trusted: published again later, never retired on it")
+            self.delay(exc.strerror or str(exc))
+            return False
+        return True
 
     def retire(self, job: Job) -> None:
         """Step 3 for one job; a failure (no room for done/ to grow) leaves it to the next start."""

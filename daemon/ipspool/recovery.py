@@ -61,9 +61,15 @@ class _Recovery:
         self.keep = keep
         self.log = get_logger()
         self.step = "fail"  # what one() is doing, for spool.recover_failed
+        self.trusted: dict[str, bool] = {}
 
     def run(self) -> tuple[list[str], list[str], list[str]]:
         self.clean_unfinished()
+        # Decisions below trust entries of results/ (a published result),
+        # failed/ (a failure record) and done/ (a retired input): make what
+        # is there durable first, as a crash may have come before their
+        # fsync. A directory whose fsync fails is not trusted this start.
+        self.trusted = {where: self.sync_first(where) for where in ("results", "failed", "done")}
         out = Recovered()
         for job_name in sorted(os.listdir(self.fds["active"])):
             self.step = "fail"
@@ -81,6 +87,8 @@ class _Recovery:
         # The error record first: a job that failed as result_exists has
         # someone else's file at its result name, and a published job never
         # has an error record.
+        if not (self.trusted["results"] and self.trusted["failed"]):
+            raise OSError(errno.EIO, "a directory it depends on could not be made durable")
         if self.own_error_record(job_name):
             rename_noreplace_at(job_name, job_name, self.fds["active"], self.fds["failed"])
             out.failed.append(job_name)
@@ -106,6 +114,15 @@ class _Recovery:
             out.redo.append(new_name)
             return
         out.redo.append(job_name)
+
+    def sync_first(self, where: str) -> bool:
+        try:
+            fsync_dir(self.fds[where])
+        except OSError as exc:
+            self.log.error("spool.recover_failed", file=f"{where}/", step="sync", error=exc.strerror or str(exc),
+                           note="entries of active/ are left for the next start")
+            return False
+        return True
 
     def sync(self, out: Recovered) -> None:
         # Destination directories first, active/ last: an input is never

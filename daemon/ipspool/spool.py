@@ -580,6 +580,13 @@ class Spool:
         )
         return str(self.results / result)
 
+    def unpublish(self, job_name: str) -> None:
+        """Take back a result link whose directory fsync failed (the part keeps the data)."""
+        try:
+            os.unlink(job_name + RESULT_SUFFIX, dir_fd=self.fds["results"])
+        except FileNotFoundError:
+            pass
+
     def sync_results(self) -> None:
         fsync_dir(self.fds["results"])
 

@@ -443,6 +443,7 @@ class Normalizer:
         text = re.sub(r"pymp-[a-z0-9_]{8}", "pymp-{RND}", text)
         text = re.sub(r"pym-\d+-[a-z0-9_]{8}", "pym-{RND}", text)
         text = re.sub(r"listener-[a-z0-9_]{8}", "listener-{RND}", text)
+        text = re.sub(r"\brun\.\d+\.\d+\b", "run.{RND}", text)  # each run's parts folder
         return text
 
     def keys(self, call: Call) -> frozenset[str]:

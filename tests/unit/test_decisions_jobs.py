@@ -340,3 +340,37 @@ def test_a_status_snapshot_that_cannot_be_written_is_reported_once(tmp_path: Pat
     stats.set_totals({"files_done": 2})
     writer.write_once(version, 0.0)
     assert not writer.failing and (tmp_path / "gone" / "status.json").exists()
+
+
+def test_a_failed_fsync_of_results_is_never_trusted_the_result_is_published_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fsyncgate: EIO from fsync(results/) takes the new links back, keeps the input, publishes later."""
+    import errno
+
+    sup, clock, executor = make(tmp_path, slots=1)
+    claim_one(sup, executor, "f", b"1.2.3.4\n")
+    chunk, _ = executor.submitted[0]
+    part = sup.spool.part_path("w.part")
+    Path(part).write_bytes(b'{"line":1}\n')
+    executor.report(Done(chunk.key, part, {"lines": 1}), chunk.key)
+    sup.route_events()
+    real = sup.spool.sync_results
+
+    def eio() -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+    monkeypatch.setattr(sup.spool, "sync_results", eio)
+    with capture_logs() as logs:
+        sup.committer.commit()
+    assert [e["step"] for e in logs if e["event"] == "spool.sync_failed"] == ["results"]
+    assert not (sup.config.results_dir / "f.jsonl").exists()
+    assert (sup.config.spool_dir / "active" / "f").exists()
+    job = sup.book.jobs[chunk.job]
+    assert job.state is JobState.QUEUED and not sup.committer.due()  # backing off
+    monkeypatch.setattr(sup.spool, "sync_results", real)
+    clock.advance(1.0)
+    sup.committer.commit()
+    assert job.state is JobState.DONE
+    assert (sup.config.results_dir / "f.jsonl").read_bytes() == b'{"line":1}\n'
+    assert (sup.config.spool_dir / "done" / "f").exists()
