@@ -56,6 +56,7 @@ __all__ = ["ForkserverLauncher", "Launcher", "WorkerHandle", "WorkerPool", "Work
 BOOT_FAILURE_LIMIT = 5     # workers dying before "ready" in a row: halt
 HEALTHY_AFTER = 30.0       # a worker alive this long resets the back-off
 MAX_BACKOFF = 30.0
+SPAWN_RETRY = 0.5          # seconds before a spawn that could not reach the forkserver is tried again
 
 
 class Channel(Protocol):
@@ -190,7 +191,17 @@ class WorkerPool:
 
     def spawn(self, slot: int) -> None:
         assert self.selector is not None
-        proc = self.launcher.launch(slot, self.config)
+        try:
+            proc = self.launcher.launch(slot, self.config)
+        except (OSError, EOFError) as exc:
+            # The forkserver died (someone killed it): multiprocessing starts
+            # a new one at the next launch once the old one is reaped. Try
+            # again in a moment instead of taking the supervisor down.
+            self.slots[slot] = None
+            self.respawn_at[slot] = self.clock.monotonic() + SPAWN_RETRY
+            self.log.error("worker.spawn_failed", worker=slot, error=f"{type(exc).__name__}: {exc}",
+                           retry_in=SPAWN_RETRY)
+            return
         worker = WorkerHandle(slot, proc, self.clock.monotonic(), self.generation)
         self.workers[proc.pid] = worker
         self.slots[slot] = worker

@@ -248,3 +248,27 @@ def test_a_message_outside_the_protocol_is_logged_and_ignored(tmp_path: Path) ->
     assert "not" in logs[0]["message"]
     assert worker.state is WorkerState.READY and chunk().key in worker.inflight
     assert list(pool.events()) == []
+
+
+def test_a_spawn_that_cannot_reach_the_forkserver_is_retried_not_fatal(tmp_path: Path) -> None:
+    """A killed forkserver makes one launch fail: worker.spawn_failed, the slot is tried again shortly."""
+    pool, clock, launcher = make_pool(tmp_path, processes=1)
+    ready_all(pool)
+    (worker,) = pool.workers.values()
+    real = launcher.launch
+    calls = []
+
+    def broken(slot: int, config: object) -> FakeProcess:
+        calls.append(slot)
+        raise EOFError("the forkserver closed the connection")
+
+    launcher.launch = broken  # type: ignore[method-assign]
+    die(pool, worker)
+    with capture_logs() as logs:
+        pool.tick(clock.now)
+    assert [e["event"] for e in logs if e["event"] == "worker.spawn_failed"] == ["worker.spawn_failed"]
+    assert calls == [0] and pool.workers == {}
+    launcher.launch = real  # type: ignore[method-assign]
+    clock.advance(1.0)
+    pool.tick(clock.now)
+    assert len(pool.workers) == 1
