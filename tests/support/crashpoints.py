@@ -53,6 +53,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.daemon import write_toml
+
 REPO = Path(__file__).resolve().parents[2]
 
 MUTATING = ("rename", "renameat", "renameat2", "link", "linkat", "unlink", "unlinkat", "open", "openat",
@@ -655,23 +657,6 @@ def strace_available() -> bool:
                                            capture_output=True).returncode == 0
 
 
-def _write_toml(path: Path, data: Mapping[str, Mapping[str, Any]]) -> None:
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v)
-
-    lines: list[str] = []
-    for section, body in data.items():
-        lines.append(f"[{section}]")
-        lines.extend(f"{k} = {value(v)}" for k, v in body.items())
-    path.write_text("\n".join(lines) + "\n")
-
-
 def base_settings(root: Path) -> dict[str, dict[str, Any]]:
     return {
         "spool": {"dir": str(root / "spool"), "rescan_interval": 5.0},
@@ -697,7 +682,7 @@ class Run:
         data = base_settings(root)
         for section, body in settings.items():
             data[section] = {**data.get(section, {}), **body}
-        _write_toml(self.config, data)
+        write_toml(self.config, data)
         self.keep = bool(data["spool"].get("keep_processed", True))
         self._offset = 0
         self.events: list[dict[str, Any]] = []
