@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -283,12 +282,19 @@ class Config(_Section):
         return self.workers.max_inflight or self.workers.threads + 1
 
 
-@dataclass(frozen=True)
 class ConfigError(Exception):
-    """Every problem found in one configuration, each naming file and key."""
+    """Every problem found in one configuration, each naming file and key.
 
-    source: str
-    problems: tuple[str, ...]
+    A plain exception, not a frozen dataclass: Python sets ``__traceback__``
+    on an exception as it leaves a ``with`` block of a generator-based
+    context manager, which a frozen instance refuses (the real error was
+    then hidden behind a FrozenInstanceError).
+    """
+
+    def __init__(self, source: str, problems: tuple[str, ...]) -> None:
+        super().__init__(source, problems)
+        self.source = source
+        self.problems = problems
 
     def __str__(self) -> str:
         return "\n".join(f"{self.source}: {problem}" for problem in self.problems)

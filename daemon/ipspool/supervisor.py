@@ -378,6 +378,9 @@ class Supervisor:
             for what in ("spool_dir", "results_dir", "runtime_dir")
             if getattr(new, what) != getattr(self.config, what)
         ]
+        if new.executor.kind != self.config.executor.kind:
+            problems.append(f"executor.kind cannot change on reload ({self.config.executor.kind!r} to "
+                            f"{new.executor.kind!r}); restart the daemon to switch executors")
         target = self.log_target
         if not problems and new.log.file != self.config.log.file:
             try:

@@ -86,3 +86,18 @@ def test_the_spool_override_keeps_the_other_spool_keys(tmp_path: Path) -> None:
     path.write_text('[spool]\ndir = "/a"\nkeep_processed = false\n')
     loaded = load_config(path, spool="/c")
     assert (loaded.spool.dir, loaded.spool.keep_processed) == ("/c", False)
+
+
+def test_a_config_error_keeps_its_problems_through_a_context_manager() -> None:
+    """Leaving a generator-based ``with`` block sets the traceback: the error must survive that unchanged."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def around():  # type: ignore[no-untyped-def]
+        yield
+
+    with pytest.raises(ConfigError) as caught, around():
+        parse_config({"workers": {"threads": "many"}}, "x.toml")
+    assert caught.value.source == "x.toml"
+    assert caught.value.problems == ("workers.threads: Input should be a valid integer, got 'many'",)
+    assert str(caught.value).startswith("x.toml: workers.threads: ")

@@ -67,3 +67,21 @@ def test_a_job_reaching_the_commit_queue_twice_is_published_once(tmp_path: Path)
     assert os.listdir(tmp_path / "spool" / "done") == ["big"]
     supervisor.committer.assembler.shutdown()
     supervisor.spool.close()
+
+
+def test_a_reload_that_switches_the_executor_kind_is_refused(tmp_path: Path) -> None:
+    """executor.kind takes effect at a restart: a reload asking for another kind names it and changes nothing."""
+    configure_logging("debug", "json", role="test", target=LogTarget(str(tmp_path / "log")))
+    path = tmp_path / "ipspool.toml"
+    spool = tmp_path / "spool"
+    path.write_text(f'[spool]\ndir = "{spool}"\n')
+    supervisor = Supervisor(load_config(str(path)), str(path))
+    path.write_text(f'[spool]\ndir = "{spool}"\n[executor]\nkind = "dask"\nscheduler = "tcp://127.0.0.1:1"\n')
+    new, _, problems = supervisor.reload_candidate()
+    assert new is None
+    assert problems == ["executor.kind cannot change on reload ('local' to 'dask'); "
+                        "restart the daemon to switch executors"]
+    assert supervisor.config.executor.kind == "local"
+    path.write_text(f'[spool]\ndir = "{spool}"\n[workers]\nthreads = 3\n')
+    new, _, problems = supervisor.reload_candidate()
+    assert problems == [] and new is not None and new.workers.threads == 3
