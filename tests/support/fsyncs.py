@@ -9,7 +9,7 @@ import pytest
 
 from ipspool.spool import Spool
 
-__all__ = ["SyncLog", "open_spool", "record_fsyncs"]
+__all__ = ["SyncLog", "open_spool", "open_under", "record_fsyncs"]
 
 
 class SyncLog:
@@ -43,3 +43,16 @@ def open_spool(tmp_path: Path) -> Spool:
     spool.create()
     spool.open()
     return spool
+
+
+def open_under(base: Path) -> list[str]:
+    """What this process's descriptors name under ``base``: a leak check others' descriptors cannot upset."""
+    names = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # the descriptor of the listing itself, closed by now
+        if target.startswith(f"{base}/") or target == str(base):
+            names.append(target)
+    return sorted(names)

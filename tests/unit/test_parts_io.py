@@ -14,7 +14,7 @@ import pytest
 
 from ipspool.chunking import Chunk
 from ipspool.parts import OUTPUT_SLACK, ChunkFailed, PartWriter, part_path, read_chunk, too_long_record, write_part
-from tests.support.fsyncs import record_fsyncs
+from tests.support.fsyncs import open_under, record_fsyncs
 
 
 @pytest.fixture(autouse=True)
@@ -86,13 +86,13 @@ def test_a_leased_or_unreadable_chunk_says_so(tmp_path: Path, monkeypatch: pytes
     assert _failure(read_chunk, chunk) == ("leased", "another process took a lease on it after its claim", False)
     assert _failure(read_chunk, chunk) == ("unreadable", "cannot open: Permission denied", False)
     monkeypatch.setattr(os, "open", real_open)
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = open_under(tmp_path)
 
     def eio(*args: Any) -> bytes:
         raise OSError(errno.EIO, "Input/output error")
     monkeypatch.setattr(os, "pread", eio)
     assert _failure(read_chunk, chunk) == ("unreadable", "read error: Input/output error", False)
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_under(tmp_path) == before
 
 
 def test_the_opened_file_is_opened_without_following_links_or_blocking(tmp_path: Path,
@@ -123,9 +123,9 @@ def test_a_line_too_long_becomes_one_error_record_with_a_preview(tmp_path: Path)
 def test_the_preview_is_the_first_64_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "in"
     path.write_bytes(b"b" * 300 + b"\n")
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = open_under(tmp_path)
     too_long_record(_chunk(path, 0, 301), 10)
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_under(tmp_path) == before
     reads: list[tuple[int, int]] = []
     real = os.pread
     monkeypatch.setattr(os, "pread", lambda fd, n, off: reads.append((n, off)) or real(fd, n, off))
@@ -135,14 +135,14 @@ def test_the_preview_is_the_first_64_bytes(tmp_path: Path, monkeypatch: pytest.M
 
 def test_a_part_is_written_whole_fsynced_and_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     log = record_fsyncs(monkeypatch, tmp_path)
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = open_under(tmp_path)
     write_part(str(tmp_path / "a.part"), b"rec\n" * 1000)
     assert (tmp_path / "a.part").read_bytes() == b"rec\n" * 1000
     assert stat.S_IMODE(os.stat(tmp_path / "a.part").st_mode) == 0o640
     assert log.paths == ["a.part"]
     write_part(str(tmp_path / "b.part"), b"x", sync=False)
     assert log.paths == ["a.part"]
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_under(tmp_path) == before
 
 
 def test_a_part_that_exists_or_is_planted_as_a_link_is_never_written_through(tmp_path: Path) -> None:
@@ -183,7 +183,7 @@ def test_a_write_or_fsync_that_fails_removes_the_part(tmp_path: Path, monkeypatc
                                                       code: int, reason: str, retry: bool) -> None:
     def refuse(*args: Any) -> int:
         raise OSError(code, os.strerror(code))
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = open_under(tmp_path)
     path = tmp_path / "w.part"
     with monkeypatch.context() as mp:
         mp.setattr(os, "write", refuse)
@@ -195,7 +195,7 @@ def test_a_write_or_fsync_that_fails_removes_the_part(tmp_path: Path, monkeypatc
         failure = _failure(write_part, str(path), b"x")
     assert failure == (reason, f"writing {path}: {os.strerror(code)}", retry)
     assert os.listdir(tmp_path) == []
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_under(tmp_path) == before
 
 
 def test_a_part_that_cannot_be_created_is_the_results_disks_fault(tmp_path: Path) -> None:

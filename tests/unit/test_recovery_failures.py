@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from ipspool import recovery as recovery_mod
 from ipspool.recovery import recover
 from ipspool.spool import Spool
-from tests.support.fsyncs import open_spool, record_fsyncs
+from tests.support.fsyncs import open_spool, open_under, record_fsyncs
 from tests.unit.test_recovery_decisions import _ls, _put, _record_for, _recover
 
 
@@ -191,10 +191,10 @@ def test_a_run_folder_an_orphan_refills_is_emptied_again(sp: Spool, tmp_path: Pa
             (run / f"late{refills[0]}.part").write_text("late")
         real(name, dir_fd=dir_fd)
     monkeypatch.setattr(os, "rmdir", rmdir)
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = open_under(tmp_path)
     assert _recover(sp, tmp_path, monkeypatch)[0] == ([], [], [])
     assert os.listdir(tmp_path / "results" / ".parts") == []
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_under(tmp_path) == before
 
 
 def test_a_run_folder_that_keeps_filling_up_is_given_up_after_a_hundred_tries(sp: Spool, tmp_path: Path,
@@ -208,13 +208,13 @@ def test_a_run_folder_that_keeps_filling_up_is_given_up_after_a_hundred_tries(sp
         (run / f"late{tries[0]}.part").write_text("late")
         raise OSError(errno.ENOTEMPTY, "Directory not empty")
     monkeypatch.setattr(os, "rmdir", rmdir)
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = open_under(tmp_path)
     with pytest.raises(OSError) as err:
         recover(sp, True)
     assert (err.value.errno, err.value.strerror) == (errno.ENOTEMPTY, "results/.parts/run.1.2 keeps filling up")
     assert tries[0] == 100
     assert os.listdir(run) == ["late100.part"]
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_under(tmp_path) == before
 
 
 def test_a_run_folder_that_cannot_be_removed_for_another_reason_says_so(sp: Spool, tmp_path: Path,

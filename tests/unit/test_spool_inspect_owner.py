@@ -13,7 +13,7 @@ import pytest
 
 from ipspool import spool as spool_mod
 from ipspool.spool import LEASED, Claimed, InputRejected, OwnerCheck, Spool
-from tests.support.fsyncs import open_spool
+from tests.support.fsyncs import open_spool, open_under
 
 
 @pytest.fixture
@@ -114,11 +114,11 @@ def test_the_owner_is_checked_before_anything_else_and_the_descriptor_is_closed(
     def owner_ok(uid: int) -> bool:
         seen.append(uid)
         return uid != 4321
-    before = len(os.listdir("/proc/self/fd"))
+    before = len(open_under(tmp_path))
     assert _rejected(sp, "fifo", owner_ok=owner_ok) == (
         "foreign_owner",
         "owned by uid 4321, who is neither in the producer group nor the service user (spool.check_owner)")
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert len(open_under(tmp_path)) == before
     _active(tmp_path, "mine")
     assert sp.inspect("mine", "mine", 100, owner_ok).name == "mine"
     assert seen == [4321, os.geteuid()]

@@ -15,7 +15,7 @@ import pytest
 
 from ipspool import spool as spool_mod
 from ipspool.spool import Spool
-from tests.support.fsyncs import open_spool, record_fsyncs
+from tests.support.fsyncs import open_spool, open_under, record_fsyncs
 
 
 @pytest.fixture(autouse=True)
@@ -134,13 +134,13 @@ def test_a_failed_join_removes_its_half_result_and_a_failed_removal_is_not_an_er
     assert sp.append_parts(sp.part_path("asm.part"), parts, 0, sync=False) == 2
 
 
-def test_descriptors_are_closed_after_a_join_whatever_happens(sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
-    before = sorted(os.listdir("/proc/self/fd"))
+def test_descriptors_are_closed_after_a_join_whatever_happens(sp: Spool, tmp_path: Path) -> None:
+    before = open_under(tmp_path)
     sp.assemble(_parts(sp, b"x"), "ok.part")
     sp.abandon.set()
     with pytest.raises(InterruptedError):
         sp.assemble(_parts(sp, b"y"), "stopped.part")
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_under(tmp_path) == before
 
 
 def test_a_result_is_published_by_link_never_over_an_existing_one(sp: Spool, tmp_path: Path,
@@ -277,13 +277,13 @@ def test_a_record_that_cannot_be_written_is_removed_and_the_input_stays(sp: Spoo
             raise OSError(errno.EIO, "Input/output error")
         real(fd)
     monkeypatch.setattr(os, "fsync", full)
-    before = sorted(os.listdir("/proc/self/fd"))
+    before = open_under(tmp_path)
     with pytest.raises(OSError) as err:
         sp.fail("job", "r", "d")
     assert err.value.errno == errno.EIO
     assert os.listdir(tmp_path / "spool" / "failed") == []
     assert os.listdir(tmp_path / "spool" / "active") == ["job"]
-    assert sorted(os.listdir("/proc/self/fd")) == before
+    assert open_under(tmp_path) == before
 
 
 def test_a_temporary_record_planted_as_a_symlink_is_replaced_not_followed(sp: Spool, tmp_path: Path) -> None:
