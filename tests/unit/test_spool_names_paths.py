@@ -190,6 +190,14 @@ def test_path_problems_of_the_log_file(tmp_path: Path, monkeypatch: pytest.Monke
         f"log.file: {tmp_path / 'nodir' / 'log'} cannot be created: {tmp_path / 'nodir'} is not a writable directory"]
 
 
+def test_an_existing_writable_log_file_needs_no_writable_directory(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "ipspool.log").write_text("")
+    _access_denied_for(monkeypatch, tmp_path / "logs")
+    assert path_problems(tmp_path, tmp_path, tmp_path, str(tmp_path / "logs" / "ipspool.log")) == []
+
+
 def test_entry_exists_sees_any_kind_of_entry_without_following_links(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("")
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")

@@ -110,6 +110,19 @@ def test_a_stopping_daemon_abandons_a_join_and_keeps_the_parts(sp: Spool) -> Non
     assert sorted(os.listdir(sp.parts_dir)) == ["p0.part", "p1.part"]
 
 
+def test_a_stop_that_comes_once_the_last_piece_is_copied_keeps_the_join(sp: Spool,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.copy_file_range
+
+    def copy_then_stop(src: int, dst: int, count: int) -> int:
+        copied = real(src, dst, count)
+        sp.abandon.set()
+        return copied
+    monkeypatch.setattr(os, "copy_file_range", copy_then_stop)
+    out = sp.assemble(_parts(sp, b"whole"), "joined.part")
+    assert Path(out).read_bytes() == b"whole"
+
+
 def test_a_failed_join_removes_its_half_result_and_a_failed_removal_is_not_an_error(
         sp: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
     parts = _parts(sp, b"a", b"b")
