@@ -159,9 +159,20 @@ def _low_v6_text_agrees() -> bool:
     # str() of IPv4-mapped addresses differs between Python releases
     # (gh-87799 moved to a dotted tail); rather than guess at each release's
     # format, check, and leave the range to the slow path on a mismatch.
-    lows = (0, 1, 0xFFFF, 0x10000, 0x10001, 0x1020304, 0xFFFF0000, 0xFFFFFFFF)
-    probes = [n | prefix for n in lows for prefix in (0, _MAPPED_PREFIX, 1 << 32)]
-    return all(_low_v6_text(n.to_bytes(16, "big")) == str(ipaddress.IPv6Address(n)) for n in probes)
+    return all(_low_v6_text(n.to_bytes(16, "big")) == str(ipaddress.IPv6Address(n)) for n in _low_v6_probes())
+
+
+# An address under ::1:0:0:0 is three hextets, top:high:low. Its text depends
+# on which branch of _low_v6_text it takes (top 0, top 0xffff, any other top)
+# and on how many hex digits each hextet has (0 to 4): the probes take every
+# such shape once, each hextet at the largest value of its digit count.
+_HEXTET_SHAPES = (0, 0xF, 0xFF, 0xFFF, 0xFFFF)
+_TOP_SHAPES = (0, 0xF, 0xFF, 0xFFF, 0xFFFE, 0xFFFF)
+
+
+def _low_v6_probes() -> list[int]:
+    """One address of every shape of text under ::1:0:0:0 (150 of them)."""
+    return [top << 32 | high << 16 | low for top in _TOP_SHAPES for high in _HEXTET_SHAPES for low in _HEXTET_SHAPES]
 
 
 _LOW_V6_TEXT_AGREES = _low_v6_text_agrees()

@@ -209,13 +209,14 @@ def _directory_problem(path: Path) -> str | None:
     if path.is_symlink():
         return "is a symbolic link; refusing to follow it"
     if path.exists():
-        usable, prefix = path, ""
+        usable, prefix = path, ""  # the caller names the path already
     else:
-        usable, prefix = next(p for p in path.parents if p.exists()), "cannot be created: "
+        usable = next(p for p in path.parents if p.exists())
+        prefix = f"cannot be created: {usable} "
     if not usable.is_dir():
-        return f"{prefix}{usable} is not a directory"
+        return f"{prefix}is not a directory"
     if not os.access(usable, os.W_OK | os.X_OK):
-        return f"{prefix}{usable} is not writable by this user"
+        return f"{prefix}is not writable by this user"
     return None
 
 

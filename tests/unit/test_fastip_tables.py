@@ -121,3 +121,35 @@ def test_a_python_that_writes_mapped_addresses_differently_is_detected(monkeypat
     """Should str(IPv6Address) disagree with _low_v6_text on any probe, the low range goes slow."""
     monkeypatch.setattr(fastip, "_low_v6_text", lambda packed: "::")
     assert fastip._low_v6_text_agrees() is False
+
+
+def _shape(n: int) -> tuple[str, int, int]:
+    """Which branch of _low_v6_text an address under ::1:0:0:0 takes, and its hextets' digit counts."""
+    top, high, low = n >> 32, n >> 16 & 0xFFFF, n & 0xFFFF
+    kind = {0: "zero", 0xFFFF: "mapped"}.get(top, f"other, {len(f'{top:x}')} digits")
+    return kind, len(f"{high:x}") if high else 0, len(f"{low:x}") if low else 0
+
+
+def test_the_low_ipv6_check_probes_every_shape_of_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each branch of _low_v6_text with hextets of 0 to 4 hex digits is compared with ipaddress once."""
+    probed: list[int] = []
+    real = fastip._low_v6_text
+
+    def recording(packed: bytes) -> str:
+        probed.append(int.from_bytes(packed, "big"))
+        return real(packed)
+    monkeypatch.setattr(fastip, "_low_v6_text", recording)
+    assert fastip._low_v6_text_agrees() is True
+    kinds = ["zero", "mapped", *(f"other, {d} digits" for d in range(1, 5))]
+    every = {(kind, high, low) for kind in kinds for high in range(5) for low in range(5)}
+    assert sorted(_shape(n) for n in probed) == sorted(every)
+    assert all(n < 1 << 48 for n in probed)
+
+
+def test_one_shape_written_differently_is_enough_to_leave_the_low_range_slow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Python whose ipaddress writes only the last probed shape differently is caught too."""
+    last = fastip._low_v6_probes()[-1]
+    real = fastip._low_v6_text
+    monkeypatch.setattr(fastip, "_low_v6_text",
+                        lambda packed: "?" if int.from_bytes(packed, "big") == last else real(packed))
+    assert fastip._low_v6_text_agrees() is False
