@@ -22,7 +22,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from ipspool.config import parse_listen
 
@@ -30,6 +30,10 @@ __all__ = ["MAX_REQUEST_BYTES", "TIMEOUT", "MetricsServer"]
 
 TIMEOUT = 5.0             # seconds a client may take over its request
 MAX_REQUEST_BYTES = 8192  # request line and headers together
+# The text format generate_latest writes; named here because newer
+# prometheus_client releases label it 1.0.0, which Prometheus before 3.0
+# does not know (our names need none of 1.0.0's escaping: the bytes are the same).
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _CappedReader:
@@ -89,7 +93,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         payload = generate_latest(self.registry)
         self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Type", CONTENT_TYPE)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if body:
