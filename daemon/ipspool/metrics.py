@@ -50,6 +50,8 @@ class Snapshot:
     start_time: float = 0.0
     reload_ok: bool = True           # the last reload (or the start) took its configuration
     reload_success_at: float = 0.0   # when a configuration was last taken (the start counts)
+    results_free_bytes: int = -1     # -1: not looked at yet
+    disk_low_bytes: int = 0          # alerts.disk_low_bytes
 
 
 class _Collector(Collector):
@@ -87,6 +89,11 @@ class _Collector(Collector):
         yield CounterMetricFamily("ipspool_chunk_retries", "Chunks sent again after the worker holding them was lost.",
                                   value=t.get("chunk_retries", 0))
         yield from self._process(s)
+        if s.results_free_bytes >= 0:
+            yield GaugeMetricFamily("ipspool_results_free_bytes", "Free space on the results filesystem.",
+                                    value=s.results_free_bytes)
+        yield GaugeMetricFamily("ipspool_results_low_bytes", "alerts.disk_low_bytes: disk.low warns below this.",
+                                value=s.disk_low_bytes)
         if s.executor is not None:
             yield from self._executor(s.executor)
 

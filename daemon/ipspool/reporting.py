@@ -262,6 +262,7 @@ class Reporter:
             up=(p is not None and p.state != "stopping") if up is None else up,
             executor=p.executor if p else None, start_time=self.started_at,
             reload_ok=self.reload_ok, reload_success_at=self.reload_success_at,
+            results_free_bytes=self.health.free_bytes, disk_low_bytes=self.config.alerts.disk_low_bytes,
         )
         try:
             self.metrics.write(snapshot)
