@@ -141,10 +141,13 @@ class Reporter:
     def reconfigure(self, new: Config) -> None:
         old = self.config.metrics
         if (new.metrics.textfile, new.metrics.listen) != (old.textfile, old.listen):
+            last = self.metrics.snapshot if self.metrics else None
             if self.metrics and self.metrics.path:
                 self.write_metrics(None, up=False)  # the old file must not say "up" forever
             self.close_server()
             self.metrics = _metrics(new)
+            if self.metrics and last:
+                self.metrics.snapshot = last  # never zeros until the next write: a scrape would see a reset
             self.open_server(new.metrics.listen)
         self.health.alerts = new.alerts
         self.config = new

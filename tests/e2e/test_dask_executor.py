@@ -179,10 +179,15 @@ def test_dask_scheduler_down_at_start_files_wait_then_flow(make_daemon: Callable
     need_distributed()
     with DaskCluster(tmp_path / "late") as late:
         d = make_daemon()
-        d.write_config(**dask_settings(late, connect_timeout=1.0))
+        prom = d.root / "ipspool.prom"
+        d.write_config(**dask_settings(late, connect_timeout=1.0), metrics={"textfile": str(prom), "interval": 0.2})
         d.start()
         event = d.wait_event("dask.scheduler_unreachable")
         assert event["level"] == "error" and event["scheduler"] == late.address
+        # What IpspoolExecutorLost pages on: up, but nowhere to run chunks.
+        values = wait_for(functools.partial(executor_metrics, prom, "dask", late.address), what="dask metrics")
+        assert values[("ipspool_executor_up", ())] == 0 and values[("ipspool_executor_workers", ())] == 0
+        assert values[("ipspool_up", ())] == 1
         d.drop("early.txt", "10.1.2.3\n8.8.8.8\n")
         time.sleep(2.0)
         assert (d.spool / "incoming" / "early.txt").exists()

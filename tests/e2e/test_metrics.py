@@ -138,7 +138,7 @@ def test_metrics_show_executor_build_start_and_reloads_in_the_file_and_over_http
 
 def test_metrics_endpoint_that_cannot_listen_is_logged_and_processing_goes_on(
         make_daemon: Callable[..., Daemon]) -> None:
-    """A port already taken: metrics.listen_failed, and files are still processed."""
+    """A port already taken: metrics.listen_failed, files are still processed; a reload to a free port serves."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -149,6 +149,11 @@ def test_metrics_endpoint_that_cannot_listen_is_logged_and_processing_goes_on(
         assert failed["listen"] == f"127.0.0.1:{port}" and failed["level"] == "error"
         d.drop("a.txt", "192.0.2.1\n")
         assert d.wait_result("a.txt")[0]["ip"] == "192.0.2.1"
+        d.write_config(metrics={"listen": "127.0.0.1:0"})  # fixed by a reload
+        d.signal(signal.SIGHUP)
+        address = d.wait_event("metrics.listening")["listen"]
+        wait_metrics(lambda: scrape(address), lambda v: v[("ipspool_files_total", (("outcome", "done"),))] == 1,
+                     "the count over HTTP")
         assert d.stop() == 0
 
 

@@ -13,7 +13,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from ipspool import __version__, metrics_http
-from ipspool.config import ConfigError, parse_config, parse_listen
+from ipspool.config import Config, ConfigError, parse_config, parse_listen
 from ipspool.executor import Census
 from ipspool.metrics import MAX_TEXTFILE_BYTES, Metrics, Snapshot, mark_down
 from ipspool.metrics_http import MAX_REQUEST_BYTES, MetricsServer
@@ -241,3 +241,25 @@ def test_the_endpoint_on_ipv6_loopback() -> None:
         conn.close()
     finally:
         served.close()
+
+
+def test_a_reload_that_moves_the_metrics_keeps_the_last_numbers_and_downs_the_old_file(tmp_path: Path) -> None:
+    """New textfile or listen: the old file says up 0; the new registry starts from the last snapshot, not zeros."""
+    sup, _, _ = make(tmp_path)
+    reporter = sup.reporter
+
+    def with_metrics(**metrics: str) -> Config:
+        return sup.config.model_copy(update={"metrics": sup.config.metrics.model_copy(update=metrics)})
+
+    reporter.reconfigure(with_metrics(textfile=str(tmp_path / "a.prom")))
+    reporter.totals["files_done"] = 3
+    reporter.write_metrics(sup.picture())
+    reporter.reconfigure(with_metrics(textfile=str(tmp_path / "b.prom"), listen="127.0.0.1:0"))
+    try:
+        assert samples((tmp_path / "a.prom").read_text())[("ipspool_up", ())] == 0
+        assert reporter.metrics is not None and reporter.server is not None
+        values = exposition(reporter.metrics)
+        assert values[("ipspool_files_total", (("outcome", "done"),))] == 3
+        assert values[("ipspool_up", ())] == 1
+    finally:
+        reporter.close_server()
