@@ -216,3 +216,27 @@ def test_metrics_down_without_a_textfile_does_nothing(make_daemon: Callable[...,
     done = d.ipspool("metrics-down", "--config", str(d.config_path))
     assert (done.returncode, done.stdout, done.stderr) == (ExitCode.OK, "", "")
     assert not list(d.root.glob("*.prom"))
+
+
+def test_local_worker_deaths_count_as_chunk_retries_and_restarts(make_daemon: Callable[..., Daemon]) -> None:
+    """A chunk that kills its worker each time: each resend is a chunk retry, each death a restart, until poison."""
+    d = make_daemon(workers={"max_attempts": 3}, pipeline={"stages": ["classify", "tests.support.stagelib:crash"]})
+    prom = d.root / "ipspool.prom"
+    d.write_config(metrics={"textfile": str(prom), "interval": 0.2})
+    d.start()
+    d.drop("abort.txt", "6.6.6.6\n")
+    assert d.wait_failed("abort.txt")["reason"] == "poison"
+    retries = len(d.events("chunk.retry"))
+    assert retries == 2  # attempts 2 and 3
+    values = wait_metrics(textfile(prom), lambda v: v[("ipspool_files_total", (("outcome", "failed"),))] == 1,
+                          "the poison file counted")
+    assert values[("ipspool_chunk_retries_total", ())] == retries
+    assert values[("ipspool_worker_restarts_total", ())] == len(d.events("worker.died"))
+    assert values[("ipspool_executor_info", (("kind", "local"), ("scheduler", "")))] == 1
+
+    def status_says() -> str | None:
+        text = d.ipspool("status", "--config", str(d.config_path)).stdout
+        return text if f"{retries} chunk(s) retried" in text else None
+
+    assert "Executor: local: " in wait_for(status_says, what="the retries in ipspool status")
+    assert d.stop() == 0
