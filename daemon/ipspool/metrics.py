@@ -12,9 +12,11 @@ main process is gone (ExecStopPost=): a crash must not leave ``ipspool_up 1``.
 
 from __future__ import annotations
 
+import errno
 import os
 import platform
 import re
+import stat
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -174,14 +176,13 @@ def mark_down(path: str) -> bool:
     For ExecStopPost=, after the main process exited for any reason (a
     SIGKILL or an OOM kill leaves no chance to write it). The file is
     replaced as the daemon replaces it (temporary file, rename); a missing
-    or unreadable one is replaced by a file with the one sample. True when
-    the file said up before.
+    one, or one that is not a textfile of ours (no ``ipspool_up`` sample, not
+    a regular file, a symbolic link, larger than ``MAX_TEXTFILE_BYTES``), is
+    replaced by a file with the one sample. It is opened without following
+    a link and without blocking (a FIFO there cannot hang the stop). True
+    when the file said up before.
     """
-    try:
-        with open(path, "rb") as handle:
-            text = handle.read(MAX_TEXTFILE_BYTES + 1)
-    except FileNotFoundError:
-        text = b""
+    text = _read_textfile(path)
     if len(text) > MAX_TEXTFILE_BYTES or not _UP.search(text):
         was_up, text = False, _UP_DOWN + b"ipspool_up 0.0\n"
     else:
@@ -197,3 +198,17 @@ def mark_down(path: str) -> bool:
             os.unlink(tmp)
         raise
     return was_up
+
+
+def _read_textfile(path: str) -> bytes:
+    """The textfile's bytes (at most one more than MAX_TEXTFILE_BYTES); empty when there is none to trust."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP):
+            return b""
+        raise
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return b""
+        return handle.read(MAX_TEXTFILE_BYTES + 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import os
 import platform
 import socket
 from collections.abc import Iterator
@@ -137,6 +138,20 @@ def test_mark_down_of_a_missing_or_foreign_file_writes_the_one_sample(tmp_path: 
         path.write_bytes(content)
     assert mark_down(str(path)) is False
     assert samples(path.read_text()) == {("ipspool_up", ()): 0}
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_mark_down_replaces_a_link_or_fifo_without_following_or_blocking(tmp_path: Path, kind: str) -> None:
+    """A symbolic link is not followed (its target stays as it was), a FIFO is not waited on."""
+    path, target = tmp_path / "m.prom", tmp_path / "target"
+    target.write_text("ipspool_up 1\n")
+    if kind == "symlink":
+        path.symlink_to(target)
+    else:
+        os.mkfifo(path)
+    assert mark_down(str(path)) is False
+    assert not path.is_symlink() and samples(path.read_text()) == {("ipspool_up", ()): 0}
+    assert target.read_text() == "ipspool_up 1\n"
 
 
 def test_mark_down_into_a_missing_directory_raises_and_leaves_no_temporary(tmp_path: Path) -> None:
