@@ -1,4 +1,4 @@
-"""The ``ipspool`` command: run, submit, status, reload, check-config.
+"""The ``ipspool`` command: run, submit, status, reload, check-config, metrics-down.
 
 Exit codes are listed in ``ipspool.exitcodes`` and docs/exit-codes.md.
 """
@@ -100,6 +100,30 @@ def cmd_status(args: argparse.Namespace) -> int:
                          + "\n")
     else:
         sys.stdout.write(render_status(snapshot.data))
+    return ExitCode.OK
+
+
+# -- metrics-down -------------------------------------------------------------
+
+
+def cmd_metrics_down(args: argparse.Namespace) -> int:
+    """For ExecStopPost=: the main process is gone (even by SIGKILL), so the textfile says up 0."""
+    from ipspool.metrics import mark_down
+
+    config = _load(args)
+    path = config.metrics.textfile
+    if not path:
+        return ExitCode.OK
+    running, _ = _snapshot(config, patience=0)
+    if running is not None:
+        print(f"ipspool: the daemon (pid {running.pid}) is running; {path} left as it is", file=sys.stderr)
+        return ExitCode.FAILURE
+    try:
+        was_up = mark_down(path)
+    except OSError as exc:
+        print(f"ipspool: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return ExitCode.FAILURE
+    print(f"{path}: ipspool_up 0" + (" (it said 1: the daemon did not stop cleanly)" if was_up else ""))
     return ExitCode.OK
 
 
@@ -241,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--needs-network", action="store_true",
                        help="only say whether a stage needs the network: prints network or no-network")
     check.set_defaults(func=cmd_check_config)
+
+    down = command("metrics-down", "Make the metrics textfile say ipspool_up 0 (ExecStopPost=: after any exit).")
+    down.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+    down.set_defaults(func=cmd_metrics_down)
 
     reload = command("reload", "Validate the configuration, send SIGHUP, wait for the daemon's verdict.")
     reload.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")

@@ -30,6 +30,7 @@ __all__ = [
     "WorkersConfig",
     "load_config",
     "parse_config",
+    "parse_listen",
     "usable_cpus",
 ]
 
@@ -212,6 +213,18 @@ class MetricsConfig(_Section):
     interval: Annotated[float, Field(gt=0, le=MAX_METRICS_INTERVAL)] = Field(
         5.0, description="Seconds between metrics writes."
     )
+    listen: str = Field(
+        "", description='Serve the same metrics over HTTP at /metrics on "HOST:PORT" (IPv6: "[::1]:PORT"; '
+                        'port 0: any free one, logged in metrics.listening); empty: off. Keep it on loopback '
+                        "or behind a firewall: anyone who reaches it reads the counters."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value:
+            parse_listen(value)
+        return value
 
 
 class ExecutorConfig(_Section):
@@ -298,6 +311,27 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         return "\n".join(f"{self.source}: {problem}" for problem in self.problems)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT`` as (host, port); ValueError saying what is wrong."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f'expected "HOST:PORT" or "[IPV6]:PORT", got {value!r}')
+    if host.startswith("["):
+        if not host.endswith("]") or len(host) < 3:
+            raise ValueError(f"an IPv6 address goes in brackets: [::1]:PORT, got {value!r}")
+        host = host[1:-1]
+        if ":" not in host:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address")
+    elif ":" in host:
+        raise ValueError(f"an IPv6 address goes in brackets: [{host}]:{port}")
+    if not port.isascii() or not port.isdigit():
+        raise ValueError(f"the port must be a number, got {port!r}")
+    number = int(port)
+    if number > 65535:
+        raise ValueError(f"the port must be 0..65535, got {number}")
+    return host, number
 
 
 def usable_cpus() -> int:

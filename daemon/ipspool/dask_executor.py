@@ -56,6 +56,7 @@ from ipspool.dask_link import (
     WorkersSeen,
 )
 from ipspool.dask_remote import PipelineBundle, StalePipeline, bundle
+from ipspool.executor import Census
 from ipspool.logs import get_logger
 from ipspool.parts import OUTPUT_SLACK, ChunkFailed, PartWriter, read_chunk, too_long_record, write_part
 from ipspool.protocol import Done, ExecutorEvent, Failed, Lost
@@ -448,6 +449,10 @@ class DaskExecutor:
 
     def alive(self) -> int:
         return len(self.hosts)
+
+    def census(self) -> Census:
+        return Census(self.kind, len(self.hosts), sum(h.threads for h in self.hosts.values()), len(self.flights),
+                      scheduler=self.config.executor.scheduler, connected=self.state == "up")
 
     def describe(self, now: float) -> list[dict[str, Any]]:
         rows = []

@@ -19,13 +19,33 @@ from __future__ import annotations
 
 import selectors
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ipspool.chunking import Chunk
 from ipspool.config import Config
 from ipspool.protocol import ExecutorEvent
 
-__all__ = ["Executor"]
+__all__ = ["Census", "Executor"]
+
+
+@dataclass(frozen=True)
+class Census:
+    """What an executor runs on now, as ``ipspool status``, STATUS= and the metrics show it.
+
+    ``workers`` and ``threads`` are what is up: forked processes and their
+    pools for the local executor, the remote workers and their threads for
+    Dask. ``wanted`` is the worker count the configuration asks for (local);
+    0 when the cluster decides (Dask).
+    """
+
+    kind: str
+    workers: int
+    threads: int
+    inflight: int
+    wanted: int = 0
+    scheduler: str = ""
+    connected: bool = True  # Dask: the scheduler answers; local: always
 
 
 class Executor(Protocol):
@@ -84,3 +104,6 @@ class Executor(Protocol):
 
     def alive(self) -> int:
         """Workers up and ready."""
+
+    def census(self) -> Census:
+        """Its kind, workers and threads up, chunks in flight."""

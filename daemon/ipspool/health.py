@@ -30,6 +30,7 @@ class HealthChecks:
     alerts: AlertsConfig
     results_dir: Path
     repeat: float = 300.0
+    free_bytes: int = -1  # the results filesystem's free space at the last look; -1: not known yet
     _edges: dict[str, _Edge] = field(default_factory=dict)
 
     def _check(self, name: str, now: float, bad: bool, **fields: Any) -> None:
@@ -54,6 +55,6 @@ class HealthChecks:
             st = os.statvfs(self.results_dir)
         except OSError:
             return
-        free = st.f_bavail * st.f_frsize
+        free = self.free_bytes = st.f_bavail * st.f_frsize
         self._check("disk.low", now, free < self.alerts.disk_low_bytes, path=str(self.results_dir),
                     free_bytes=free, limit_bytes=self.alerts.disk_low_bytes)

@@ -268,6 +268,7 @@ class JobBook:
                 f"was in progress when {attempts} workers died; last: {event.cause}"
             ), attempts=attempts)
         else:
+            self.totals["chunk_retries"] += 1
             self.log.warning("chunk.retry", file=job.claimed.job_name, chunk=chunk.index,
                              attempt=attempts + 1, cause=event.cause)
             self.isolated.append(chunk)

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from ipspool.chunking import Chunk
 from ipspool.clock import Clock
 from ipspool.config import Config
+from ipspool.executor import Census
 from ipspool.exitcodes import ExitCode
 from ipspool.logs import get_logger
 from ipspool.parts import part_path
@@ -349,6 +350,11 @@ class WorkerPool:
 
     def alive(self) -> int:
         return sum(1 for w in self.current() if w.was_ready)
+
+    def census(self) -> Census:
+        alive = self.alive()
+        return Census(self.kind, alive, alive * self.config.workers.threads, self.inflight(),
+                      wanted=self.config.process_count)
 
     # -- deaths ---------------------------------------------------------------
 

@@ -21,10 +21,12 @@ from typing import Any
 
 from ipspool.clock import Clock, Periodic
 from ipspool.config import Config
+from ipspool.executor import Census
 from ipspool.health import HealthChecks
 from ipspool.jobs import Job
 from ipspool.logs import get_logger
 from ipspool.metrics import Metrics, Snapshot
+from ipspool.metrics_http import MetricsServer
 from ipspool.notify import Notifier
 from ipspool.stats import StatsClient, StatsManager, start_manager
 
@@ -45,6 +47,7 @@ class Picture:
     alive: int
     generation: int
     workers: list[dict[str, Any]] = field(default_factory=list)
+    executor: Census | None = None
 
 
 class StatsLink:
@@ -129,16 +132,44 @@ class Reporter:
         self.rate_window: deque[tuple[float, int]] = deque(maxlen=20)
         self.dirty = False  # totals changed since the last publish
         self.health = HealthChecks(config.alerts, config.results_dir)
-        self.metrics = Metrics(config.metrics.textfile) if config.metrics.textfile else None
+        self.metrics = _metrics(config)
         self.metrics_failing = False
+        self.server: MetricsServer | None = None
+        self.reload_ok = True                   # the start took its configuration
+        self.reload_success_at = self.started_at
 
     def reconfigure(self, new: Config) -> None:
-        if new.metrics.textfile != self.config.metrics.textfile:
-            if self.metrics:
+        old = self.config.metrics
+        if (new.metrics.textfile, new.metrics.listen) != (old.textfile, old.listen):
+            last = self.metrics.snapshot if self.metrics else None
+            if self.metrics and self.metrics.path:
                 self.write_metrics(None, up=False)  # the old file must not say "up" forever
-            self.metrics = Metrics(new.metrics.textfile) if new.metrics.textfile else None
+            self.close_server()
+            self.metrics = _metrics(new)
+            if self.metrics and last:
+                self.metrics.snapshot = last  # never zeros until the next write: a scrape would see a reset
+            self.open_server(new.metrics.listen)
         self.health.alerts = new.alerts
         self.config = new
+
+    # -- the HTTP endpoint ----------------------------------------------------------
+
+    def open_server(self, listen: str) -> None:
+        """Serve the registry at ``listen`` (metrics.listen); an address that cannot be had is logged."""
+        if not listen or self.metrics is None:
+            return
+        try:
+            self.server = MetricsServer(listen, self.metrics.registry)
+        except OSError as exc:
+            self.log.error("metrics.listen_failed", listen=listen, error=exc.strerror or str(exc),
+                           note="the textfile (if any) is still written; fix the address and reload")
+            return
+        self.log.info("metrics.listening", listen=self.server.address)
+
+    def close_server(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
 
     # -- events -----------------------------------------------------------------
 
@@ -192,7 +223,12 @@ class Reporter:
 
     def status_line(self, p: Picture) -> str:
         state = "stopping" if p.state == "stopping" else "running"
-        return (f"{state}: {p.alive}/{self.config.process_count} workers, backlog {p.backlog}, "
+        c = p.executor
+        if c is None or c.wanted:
+            workers = f"{p.alive}/{c.wanted if c else self.config.process_count} workers"
+        else:
+            workers = f"{c.kind} {c.workers} workers, {c.threads} threads"
+        return (f"{state}: {workers}, backlog {p.backlog}, "
                 f"{self.files_per_second():.1f} files/s, {self.totals['files_done']} done, "
                 f"{self.totals['files_failed']} failed")
 
@@ -208,12 +244,16 @@ class Reporter:
             "generation": p.generation, "processes": config.process_count,
             "threads": config.workers.threads, "backlog": p.backlog, "backlog_age": round(p.backlog_age, 3),
             "active": p.active, "files_per_second": round(self.files_per_second(), 2),
-            "worker_table": p.workers,
+            "worker_table": p.workers, "executor": _census(p.executor),
         })
 
     def publish_reload(self, ok: bool, problems: list[str], generation: int) -> None:
+        now = self.clock.time()
+        self.reload_ok = ok
+        if ok:
+            self.reload_success_at = now
         self.stats.call("set_daemon", {"last_reload": {
-            "ok": ok, "problems": problems, "time": self.clock.time(), "generation": generation,
+            "ok": ok, "problems": problems, "time": now, "generation": generation,
         }})
 
     def write_metrics(self, p: Picture | None, up: bool | None = None) -> None:
@@ -223,6 +263,9 @@ class Reporter:
             workers_alive=p.alive if p else 0, workers_configured=self.config.process_count,
             active_files=p.active if p else 0,
             up=(p is not None and p.state != "stopping") if up is None else up,
+            executor=p.executor if p else None, start_time=self.started_at,
+            reload_ok=self.reload_ok, reload_success_at=self.reload_success_at,
+            results_free_bytes=self.health.free_bytes, disk_low_bytes=self.config.alerts.disk_low_bytes,
         )
         try:
             self.metrics.write(snapshot)
@@ -232,3 +275,17 @@ class Reporter:
             self.metrics_failing = True
         else:
             self.metrics_failing = False
+
+
+def _metrics(config: Config) -> Metrics | None:
+    """The registry, when a textfile or the HTTP endpoint wants it."""
+    m = config.metrics
+    return Metrics(m.textfile) if m.textfile or m.listen else None
+
+
+def _census(c: Census | None) -> dict[str, Any] | None:
+    """The executor as ``ipspool status`` (text and JSON) shows it."""
+    if c is None:
+        return None
+    return {"kind": c.kind, "scheduler": c.scheduler, "connected": c.connected, "workers": c.workers,
+            "threads": c.threads, "inflight": c.inflight, "wanted": c.wanted}

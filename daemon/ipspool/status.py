@@ -76,11 +76,15 @@ def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _executor_lines(table: list[dict[str, Any]]) -> list[str]:
-    """The Dask executor's line: scheduler, its state, workers and threads, chunks in flight."""
+def _executor_lines(table: list[dict[str, Any]], census: dict[str, Any], totals: dict[str, Any]) -> list[str]:
+    """The executor's line: its kind, workers and threads up, chunks in flight, retries (Dask: and more)."""
     summary = next((row for row in table if row.get("scheduler_state")), None)
     if summary is None:
-        return []
+        if not census:
+            return []
+        return [f"Executor: {terminal_safe(census.get('kind', '?'))}: {_int(census.get('workers'))} worker(s), "
+                f"{_int(census.get('threads'))} thread(s), {_int(census.get('inflight'))} chunk(s) in flight, "
+                f"{_int(totals.get('chunk_retries', 0))} chunk(s) retried"]
     hosts = [row for row in table if row is not summary]
     inflight = sum(_count(row.get("inflight", 0)) for row in table)
     return [f"Executor: dask {terminal_safe(summary.get('host', '?'))} ({terminal_safe(summary['scheduler_state'])}, "
@@ -122,7 +126,7 @@ def render_status(snapshot: dict[str, Any]) -> str:
         lines.append(f"  Reload: {verdict} ({_age(now - _number(reload.get('time')))} ago)")
     table = daemon.get("worker_table")
     rows = [row for row in table if isinstance(row, dict)] if isinstance(table, list) else []
-    lines += _executor_lines(rows)
+    lines += _executor_lines(rows, _mapping(daemon.get("executor")), totals)
     lines.append("")
     header = (f"  {'WORKER':<7}{'PID':>8}  {'STATE':<9}{'UPTIME':>8}{'RESTARTS':>10}{'INFLIGHT':>10}  "
               f"{'HEARTBEAT':>9}  {'CHUNKS':>7}  {'LINES':>10}")

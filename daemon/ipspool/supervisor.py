@@ -141,6 +141,7 @@ class Supervisor:
         # Threads start only now, after the forkserver exists: no fork ever
         # happens in a process that runs the observer.
         self.watcher.start()
+        self.reporter.open_server(config.metrics.listen)
         self.selector.register(self.watcher.wake_r, selectors.EVENT_READ, self.on_watcher)
         self.selector.register(self.sig_r, selectors.EVENT_READ, self.on_wakeup)
         self.intake.rescan()
@@ -189,6 +190,7 @@ class Supervisor:
         self.stats.close()
         if self.reporter.metrics:
             self.reporter.write_metrics(self.picture(), up=False)
+        self.reporter.close_server()
         self.notifier.close()
         if self.spool.fds:
             self.spool.end_run()
@@ -278,6 +280,7 @@ class Supervisor:
             state=state, backlog=len(self.intake), backlog_age=self.intake.backlog_age(),
             active=len(self.book.jobs), alive=executor.alive() if executor else 0, generation=self.generation,
             workers=executor.describe(self.clock.monotonic()) if executor else [],
+            executor=executor.census() if executor else None,
         )
 
     def check_ready(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.test_metrics import samples
 from tests.support.daemon import Daemon, wait_for
 from tests.support.dask_cluster import DaskCluster, need_distributed
 
@@ -77,7 +79,8 @@ def test_dask_results_are_byte_identical_to_the_local_executor(make_daemon: Call
     outputs = []
     for name, executor in (("local", {}), ("dask", dask_settings(cluster))):
         d = make_daemon(name)
-        d.write_config(**enrichment(d), **executor)
+        prom = d.root / "ipspool.prom"
+        d.write_config(**enrichment(d), **executor, metrics={"textfile": str(prom), "interval": 0.2})
         d.start()
         for file, content in inputs.items():
             d.drop(file, content)
@@ -85,6 +88,10 @@ def test_dask_results_are_byte_identical_to_the_local_executor(make_daemon: Call
         if name == "dask":
             status = d.ipspool("status", "--config", str(d.config_path)).stdout
             assert "Executor: dask tcp://127.0.0.1" in status and "2 worker(s), 4 thread(s)" in status, status
+            values = wait_for(functools.partial(executor_metrics, prom, "dask", cluster.address), what="dask metrics")
+            assert values[("ipspool_executor_workers", ())] == 2  # the remote workers, not local CPUs
+            assert values[("ipspool_executor_threads", ())] == 4
+            assert values[("ipspool_executor_up", ())] == 1
         assert d.stop() == 0
         if name == "dask":
             assert d.events("dask.connected") and d.events("dask.pipeline_installed")
@@ -93,6 +100,12 @@ def test_dask_results_are_byte_identical_to_the_local_executor(make_daemon: Call
     assert outputs[0] == outputs[1]
     records = [json.loads(line) for line in outputs[1]["big.txt"].splitlines()]
     assert any(r.get("lists") == ["drop"] and r.get("asn") == 64500 for r in records)
+
+
+def executor_metrics(prom: Path, kind: str, scheduler: str) -> dict[Any, float] | None:
+    """The textfile's samples once it names this executor."""
+    values = samples(prom.read_text()) if prom.exists() else {}
+    return values if values.get(("ipspool_executor_info", (("kind", kind), ("scheduler", scheduler)))) == 1 else None
 
 
 def lines_of(content: str) -> list[str]:
@@ -110,7 +123,8 @@ def test_dask_worker_killed_mid_chunk_runs_again_elsewhere_once(make_daemon: Cal
     cluster.start_worker(threads=2)
     cluster.start_worker(threads=2)
     d = make_daemon()
-    d.write_config(**SLOW, **dask_settings(cluster))
+    prom = d.root / "ipspool.prom"
+    d.write_config(**SLOW, **dask_settings(cluster), metrics={"textfile": str(prom), "interval": 0.2})
     d.start()
     content = addresses(3000)
     d.drop("big.txt", content)
@@ -122,6 +136,13 @@ def test_dask_worker_killed_mid_chunk_runs_again_elsewhere_once(make_daemon: Cal
     assert d.wait_event("chunk.retry", timeout=30)["cause"].startswith("dask worker")
     d.wait_result("big.txt", timeout=120)
     assert audit(d, {"big.txt": lines_of(content)}) == {}
+    retries = len(d.events("chunk.retry"))
+
+    def counted() -> dict[Any, float] | None:
+        values = executor_metrics(prom, "dask", cluster.address)
+        return values if values and values[("ipspool_chunk_retries_total", ())] == retries else None
+
+    wait_for(counted, what="the retries in the metrics")
     assert lost["level"] == "error"
     assert d.stop() == 0
 
@@ -158,10 +179,15 @@ def test_dask_scheduler_down_at_start_files_wait_then_flow(make_daemon: Callable
     need_distributed()
     with DaskCluster(tmp_path / "late") as late:
         d = make_daemon()
-        d.write_config(**dask_settings(late, connect_timeout=1.0))
+        prom = d.root / "ipspool.prom"
+        d.write_config(**dask_settings(late, connect_timeout=1.0), metrics={"textfile": str(prom), "interval": 0.2})
         d.start()
         event = d.wait_event("dask.scheduler_unreachable")
         assert event["level"] == "error" and event["scheduler"] == late.address
+        # What IpspoolExecutorLost pages on: up, but nowhere to run chunks.
+        values = wait_for(functools.partial(executor_metrics, prom, "dask", late.address), what="dask metrics")
+        assert values[("ipspool_executor_up", ())] == 0 and values[("ipspool_executor_workers", ())] == 0
+        assert values[("ipspool_up", ())] == 1
         d.drop("early.txt", "10.1.2.3\n8.8.8.8\n")
         time.sleep(2.0)
         assert (d.spool / "incoming" / "early.txt").exists()

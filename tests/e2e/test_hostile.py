@@ -303,6 +303,7 @@ WRONG_TYPES: list[tuple[str, str, Any]] = [
     ("rdns", "disk_cache_size", "big"),
     ("rdns", "max_in_flight", "many"),
     ("rdns", "rate_limit", "fast"),
+    ("metrics", "listen", 9464),
     ("executor", "kind", 5),
     ("executor", "scheduler", 5),
     ("executor", "max_inflight", "many"),
@@ -371,6 +372,8 @@ OUT_OF_BOUNDS: list[tuple[str, str, Any, Any]] = [
     ("alerts", "backlog_age", -1, 0),
     ("alerts", "disk_low_bytes", -1, 0),
     ("metrics", "interval", 0, 1.0),
+    ("metrics", "listen", "127.0.0.1:65536", "127.0.0.1:65535"),
+    ("metrics", "listen", "::1:9464", "[::1]:9464"),
 ]
 
 

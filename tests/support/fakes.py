@@ -10,6 +10,7 @@ from typing import Any
 
 from ipspool.chunking import Chunk
 from ipspool.config import Config
+from ipspool.executor import Census
 from ipspool.protocol import ExecutorEvent
 
 
@@ -126,6 +127,8 @@ class FakeExecutor:
         self.mark = 0.0
         self.calls: list[str] = []
         self.is_ready = True
+        self.threads = 4
+        self.scheduler = ""
 
     def start(self, selector: Any) -> None:
         self.calls.append("start")
@@ -186,6 +189,10 @@ class FakeExecutor:
 
     def alive(self) -> int:
         return self.slots
+
+    def census(self) -> Census:
+        return Census(self.kind, self.slots, self.slots * self.threads, len(self.out), wanted=self.slots,
+                      scheduler=self.scheduler)
 
 
 class FakeNotifier:

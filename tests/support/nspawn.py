@@ -4,7 +4,7 @@ Recipe and pitfalls: ../shared/notes/systemd-in-ci.md. The container runs
 the host's /usr on a volatile root (``systemd-nspawn -D / --volatile=yes``),
 with the repository, the test virtualenv and its base Python bound read-only
 at the same paths. The packaged unit, sysusers and tmpfiles files are
-installed as they are; a test-only drop-in points ExecStart=/ExecReload= at
+installed as they are; a test-only drop-in points ExecStart=/ExecReload=/ExecStopPost= at
 the virtualenv and makes it visible through the sandbox.
 
 Only processes this module starts are touched: the container is powered off
@@ -189,6 +189,8 @@ def dropin(extra: str = "") -> str:
         f"ExecStart={sys.executable} -m ipspool run --config {CONFIG}",
         "ExecReload=",
         f"ExecReload={sys.executable} -m ipspool reload --config {CONFIG} --pid $MAINPID",
+        "ExecStopPost=",
+        f"ExecStopPost=-{sys.executable} -m ipspool metrics-down --config {CONFIG}",
         f"Environment=PYTHONPATH={REPO}",  # test stages: tests.support.stagelib
         # PrivateTmp= and ProtectHome= would hide a venv under /tmp or /root.
         f"BindReadOnlyPaths={' '.join(paths)}",

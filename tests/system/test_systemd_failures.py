@@ -83,3 +83,34 @@ def test_a_wedged_supervisor_is_restarted_by_the_watchdog(machine: Machine) -> N
     assert any("Watchdog timeout" in m for m in messages), messages[-20:]
     machine.submit("after.txt", "192.0.2.1\n")
     assert machine.wait_result("after.txt")[0]["ip"] == "192.0.2.1"
+
+
+PROM = "/var/spool/ipspool/ipspool.prom"
+NO_RESTART = "/run/systemd/system/ipspool.service.d/zz-no-restart.conf"
+
+
+def _up(machine: Machine) -> float | None:
+    text = machine.run("cat", PROM, check=False).stdout
+    values = [line.split()[1] for line in text.splitlines() if line.startswith("ipspool_up ")]
+    return float(values[0]) if values else None
+
+
+def test_supervisor_killed_leaves_no_metrics_saying_up(machine: Machine) -> None:
+    """kill -9 of the main process: ExecStopPost= (ipspool metrics-down) rewrites the textfile with up 0."""
+    # No restart this once, so that nothing writes up 1 again before we look.
+    machine.write(NO_RESTART, "[Service]\nRestart=no\n")
+    machine.systemctl("daemon-reload")
+    try:
+        cursor = machine.reset(**SLOW, metrics={"textfile": PROM, "interval": 0.2})
+        wait_for(lambda: _up(machine) == 1, 30, 0.2, what="ipspool_up 1 in the textfile")
+        machine.run("kill", "-9", str(machine.main_pid()))
+        wait_for(lambda: machine.show("ActiveState")["ActiveState"] == "failed", 30, 0.2, what="the unit to fail")
+        assert _up(machine) == 0
+        said = [str(e.get("MESSAGE", "")) for e in machine.journal(cursor)]
+        assert any("ipspool_up 0 (it said 1" in m for m in said), said[-20:]
+    finally:
+        machine.run("rm", "-f", NO_RESTART)
+        machine.systemctl("daemon-reload")
+        machine.systemctl("reset-failed", "ipspool.service", check=False)
+    machine.reset(**SLOW, metrics={"textfile": PROM, "interval": 0.2})
+    wait_for(lambda: _up(machine) == 1, 30, 0.2, what="the next start to say up")
