@@ -206,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipspool",
         description="Validate, classify and enrich files of IP addresses dropped into a spool directory.",
-        epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 workers cannot start, 4 bad configuration, "
-               "5 spool unusable, 6 not running, 7 reload refused.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage, 65 reload refused, 69 not running, 70 internal error, "
+               "71 workers cannot start, 73 spool unusable, 78 bad configuration.",
     )
     parser.add_argument("--version", action="version", version=f"ipspool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

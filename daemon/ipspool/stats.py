@@ -402,7 +402,7 @@ def _write_authkey(runtime_dir: Path, key: bytes) -> None:
 def ensure_authkey(runtime_dir: Path) -> bytes:
     """The Manager's authkey: the one in the file if it can be trusted, else a new one written whole.
 
-    Never empty. Raises SpoolError (exit 5) when a new key cannot be written.
+    Never empty. Raises SpoolError (ExitCode.SPOOL_ERROR) when a new key cannot be written.
     """
     path = runtime_dir / AUTHKEY_NAME
     key, why = _own_authkey(path)

@@ -340,7 +340,7 @@ class Worker:
         exc = future.exception()
         if exc is not None:
             self.log.error("worker.batch_crashed", error=f"{type(exc).__name__}: {exc}")
-            os._exit(70)
+            os._exit(ExitCode.INTERNAL_ERROR)
 
     def drain(self) -> None:
         with self.running_lock:
