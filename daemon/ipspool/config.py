@@ -9,12 +9,13 @@ this module turns its errors into messages that name the file and the key.
 from __future__ import annotations
 
 import os
-import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ipspool.configfiles import ConfigError, Discovered, Ignored, Layers, discover, read_layers
 
 __all__ = [
     "AlertsConfig",
@@ -23,6 +24,7 @@ __all__ = [
     "ExecutorConfig",
     "GeoipConfig",
     "ListConfig",
+    "LoadedConfig",
     "LogConfig",
     "MetricsConfig",
     "PipelineConfig",
@@ -30,8 +32,11 @@ __all__ = [
     "SpoolConfig",
     "WorkersConfig",
     "load_config",
+    "load_discovered",
+    "load_for",
     "parse_config",
     "usable_cpus",
+    "with_log_level",
 ]
 
 DEFAULT_SPOOL = "/var/spool/ipspool"
@@ -283,58 +288,69 @@ class Config(_Section):
         return self.workers.max_inflight or self.workers.threads + 1
 
 
-@dataclass(frozen=True)
-class ConfigError(Exception):
-    """Every problem found in one configuration, each naming file and key."""
-
-    source: str
-    problems: tuple[str, ...]
-
-    def __str__(self) -> str:
-        return "\n".join(f"{self.source}: {problem}" for problem in self.problems)
-
-
 def usable_cpus() -> int:
     """CPUs this process may run on (cgroup cpusets and taskset shrink it)."""
     return len(os.sched_getaffinity(0)) or 1
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], layers: Layers | None = None) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    # A key a drop-in set is named with that file: "conf.d/10-threads.toml: workers.threads: ...".
+    where = layers.dropin_label(error["loc"]) if layers is not None else ""
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key (check the spelling against config/ipspool.toml)"
+        return f"{where}{key}: unknown key (check the spelling against config/ipspool.toml)"
     given = error.get("input")
     shown = "" if isinstance(given, dict) else f", got {given!r}"
-    return f"{key}: {error['msg']}{shown}"
+    return f"{where}{key}: {error['msg']}{shown}"
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>", spool: str | None = None) -> Config:
-    """Validate a parsed TOML mapping; ``spool`` overrides spool.dir."""
+def parse_config(data: dict[str, Any], source: str = "<config>", spool: str | None = None,
+                 layers: Layers | None = None) -> Config:
+    """Validate a parsed TOML mapping; ``spool`` overrides spool.dir; ``layers`` names each key's file."""
     if spool is not None:
         data = {**data, "spool": {**data.get("spool", {}), "dir": spool}}
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = tuple(_describe(dict(e)) for e in exc.errors())
+        problems = tuple(_describe(dict(e), layers) for e in exc.errors())
         raise ConfigError(source, problems) from None
 
 
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration and where it came from (for check-config and the start-up log)."""
+
+    config: Config
+    found: Discovered
+    files: tuple[Path, ...] = ()
+    ignored: tuple[Ignored, ...] = field(default=())
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.found.label
+
+
+def load_discovered(found: Discovered, spool: str | None = None) -> LoadedConfig:
+    """Read the discovered main file and its conf.d/ drop-ins, merge and validate them."""
+    layers = read_layers(found.path)
+    config = parse_config(layers.data, found.label, spool, layers)
+    return LoadedConfig(config, found, tuple(layers.files), tuple(layers.ignored), layers.data)
+
+
 def load_config(path: str | os.PathLike[str] | None, spool: str | None = None) -> Config:
-    """Read and validate a TOML file; ``None`` means built-in defaults."""
-    if path is None:
-        return parse_config({}, "<defaults>", spool)
-    source = str(path)
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(source, ("file not found",)) from None
-    except PermissionError:
-        raise ConfigError(source, ("permission denied (is it readable by the service user?)",)) from None
-    except IsADirectoryError:
-        raise ConfigError(source, ("is a directory, expected a TOML file",)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, (f"not valid TOML: {exc}",)) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(source, (f"not valid UTF-8: {exc}",)) from None
-    return parse_config(data, source, spool)
+    """Read and validate a TOML file and its drop-ins; ``None`` means built-in defaults (no discovery)."""
+    found = Discovered(Path(path), "--config") if path is not None else Discovered(None, "defaults")
+    return load_discovered(found, spool).config
+
+
+def with_log_level(config: Config, level: str | None) -> Config:
+    """``config`` with ``log.level`` replaced (``ipspool run -v``/``-q``/``--log-level``); None: unchanged."""
+    if level is None:
+        return config
+    return config.model_copy(update={"log": config.log.model_copy(update={"level": level})})
+
+
+def load_for(cli_path: str | None, spool: str | None = None) -> LoadedConfig:
+    """The configuration a command runs on: the discovery rule of ``ipspool.configfiles``, then load."""
+    return load_discovered(discover(cli_path), spool)

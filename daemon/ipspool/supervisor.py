@@ -28,10 +28,12 @@ import selectors
 import signal
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from ipspool.clock import SYSTEM_CLOCK, Clock, Periodic
 from ipspool.commit import Committer
-from ipspool.config import Config, ConfigError, load_config
+from ipspool.config import Config, ConfigError, load_discovered, with_log_level
+from ipspool.configfiles import Discovered, Ignored
 from ipspool.executor import Executor
 from ipspool.exitcodes import ExitCode
 from ipspool.intake import SETTLE, Intake
@@ -66,10 +68,14 @@ class Supervisor:
         log_target: LogTarget | None = None,
         clock: Clock = SYSTEM_CLOCK,
         executor: Executor | None = None,
+        log_level: str | None = None,
+        ignored: tuple[Ignored, ...] = (),
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.spool_override = spool_override
+        self.log_level = log_level  # run -v/-q/--log-level: outlasts reloads
+        self.ignored = ignored
         self.log_target = log_target or LogTarget(config.log.file)
         self.clock = clock
         self.log = get_logger()
@@ -144,6 +150,7 @@ class Supervisor:
         self.selector.register(self.watcher.wake_r, selectors.EVENT_READ, self.on_watcher)
         self.selector.register(self.sig_r, selectors.EVENT_READ, self.on_wakeup)
         self.intake.rescan()
+        self.warn_ignored(self.ignored)
         self.log.info(
             "daemon.started", spool=str(config.spool_dir), results=str(config.results_dir),
             processes=config.process_count, threads=config.workers.threads,
@@ -368,11 +375,14 @@ class Supervisor:
 
     def reload_candidate(self) -> tuple[Config | None, LogTarget, list[str]]:
         """The new configuration and its log target, or None and the problems."""
+        found = Discovered(None if self.config_path is None else Path(self.config_path), "run")
         try:
-            new = load_config(self.config_path, spool=self.spool_override)
+            loaded = load_discovered(found, spool=self.spool_override)  # conf.d/ is read again too
+            new = with_log_level(loaded.config, self.log_level)
             load_pipeline(new, self.config_path or "<config>").close()
         except ConfigError as exc:
             return None, self.log_target, list(exc.problems)
+        self.warn_ignored(loaded.ignored)
         problems = [
             f"{what} cannot change on reload; restart the daemon to move it"
             for what in ("spool_dir", "results_dir", "runtime_dir")
@@ -385,6 +395,10 @@ class Supervisor:
             except OSError as exc:
                 problems.append(f"log.file: cannot open {new.log.file!r}: {exc.strerror or exc}")
         return (None if problems else new), target, problems
+
+    def warn_ignored(self, ignored: tuple[Ignored, ...]) -> None:
+        for item in ignored:
+            self.log.warning("config.dropin_ignored", file=str(item.path), reason=item.reason)
 
     def apply(self, new: Config, target: LogTarget) -> None:
         """Take a validated, changed configuration: new workers replace the old gracefully."""
