@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ipspool import __version__
@@ -147,6 +147,11 @@ def _check_config(args: argparse.Namespace) -> int:
     from ipspool.pipeline import load_pipeline
     from ipspool.spool import path_problems
 
+    if args.schema:
+        from ipspool.config import json_schema
+
+        _print_json(json_schema())
+        return ExitCode.OK
     loaded = _discover(args)
     config, source = loaded.config, loaded.source
     if args.needs_network:
@@ -271,6 +276,10 @@ def cmd_reload(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------
 
 
+_CONFIG_HELP = ("TOML configuration (default: $IPSPOOL_CONFIG, else /etc/ipspool/ipspool.toml if it exists, "
+                "else built-in defaults); conf.d/*.toml beside it are merged in")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipspool",
@@ -280,16 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ipspool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, add_options, func in _COMMANDS:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--config", "-c", metavar="FILE", help=_CONFIG_HELP)
+        command.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+        add_options(command)
+        command.set_defaults(func=func)
+    return parser
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", "-c", metavar="FILE",
-                       help="TOML configuration (default: $IPSPOOL_CONFIG, else /etc/ipspool/ipspool.toml if it "
-                            "exists, else built-in defaults); conf.d/*.toml beside it are merged in")
-        return p
 
-    run = command("run", "Run the daemon in the foreground (or --daemonize).")
-    run.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--daemonize", action="store_true", help="detach (for hosts without systemd)")
     run.add_argument("--pidfile", metavar="FILE", help="with --daemonize: a locked pidfile")
     verbosity = run.add_mutually_exclusive_group()
@@ -298,38 +307,45 @@ def build_parser() -> argparse.ArgumentParser:
     verbosity.add_argument("--verbose", "-v", action="count", default=0, help="log debug events too")
     verbosity.add_argument("--quiet", "-q", action="count", default=0,
                            help="log warnings and worse only (twice: errors only)")
-    run.set_defaults(func=cmd_run)
 
-    submit = command("submit", "Hand files to the spool safely (tmp/, fsync, rename into incoming/).")
-    submit.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+
+def _submit_options(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("--wait", action="store_true", help="wait for each result; exit 1 if any file failed")
     submit.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
                         help="with --wait: give up after this long (0: never)")
     submit.add_argument("--json", action="store_true",
                         help="print one JSON object (submitted files and, with --wait, their outcomes)")
     submit.add_argument("files", nargs="+", metavar="FILE", help="files to submit; - reads standard input")
-    submit.set_defaults(func=cmd_submit)
 
-    status = command("status", "Show live counters and the worker table of the running daemon.")
-    status.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+
+def _status_options(status: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
 
-    check = command("check-config", "Validate the configuration and load every stage.")
-    check.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+
+def _check_options(check: argparse.ArgumentParser) -> None:
     check.add_argument("--needs-network", action="store_true",
                        help="only say whether a stage needs the network: prints network or no-network")
     check.add_argument("--show", action="store_true",
                        help="print the merged settings (main file, drop-ins, defaults) as TOML; no stage is loaded")
     check.add_argument("--json", action="store_true", help="machine-readable output (with --show: the settings)")
-    check.set_defaults(func=cmd_check_config)
+    check.add_argument("--schema", action="store_true",
+                       help="print the JSON Schema of the configuration (for editors) and read no file")
 
-    reload = command("reload", "Validate the configuration, send SIGHUP, wait for the daemon's verdict.")
-    reload.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+
+def _reload_options(reload: argparse.ArgumentParser) -> None:
     reload.add_argument("--pid", type=int, help="daemon pid (default: as the daemon reports it)")
     reload.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
-    reload.set_defaults(func=cmd_reload)
-    return parser
+
+
+_COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]],
+                 ...] = (
+    ("run", "Run the daemon in the foreground (or --daemonize).", _run_options, cmd_run),
+    ("submit", "Hand files to the spool safely (tmp/, fsync, rename into incoming/).", _submit_options, cmd_submit),
+    ("status", "Show live counters and the worker table of the running daemon.", _status_options, cmd_status),
+    ("check-config", "Validate the configuration and load every stage.", _check_options, cmd_check_config),
+    ("reload", "Validate the configuration, send SIGHUP, wait for the daemon's verdict.", _reload_options,
+     cmd_reload),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

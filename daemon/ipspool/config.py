@@ -31,6 +31,7 @@ __all__ = [
     "RdnsConfig",
     "SpoolConfig",
     "WorkersConfig",
+    "json_schema",
     "load_config",
     "load_discovered",
     "load_for",
@@ -342,6 +343,27 @@ def load_config(path: str | os.PathLike[str] | None, spool: str | None = None) -
     """Read and validate a TOML file and its drop-ins; ``None`` means built-in defaults (no discovery)."""
     found = Discovered(Path(path), "--config") if path is not None else Discovered(None, "defaults")
     return load_discovered(found, spool).config
+
+
+SCHEMA_ID = "https://ipspool.invalid/ipspool.schema.json"  # names the schema; nothing is fetched from it
+
+
+def json_schema() -> dict[str, Any]:
+    """A JSON Schema (2020-12) of the configuration file and of each drop-in, from the declarations above.
+
+    Types, defaults, bounds, enums and descriptions come from the fields; what
+    only a validator can check (executor.kind = "dask" needs a scheduler, a
+    list file must exist) is left to ``ipspool check-config``.
+    docs/ipspool.schema.json is this, written by ``ipspool check-config --schema``.
+    """
+    schema = Config.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "ipspool configuration",
+        "description": "/etc/ipspool/ipspool.toml and conf.d/*.toml (every key optional; see docs/configuration.md)",
+        **{key: value for key, value in schema.items() if key != "title"},
+    }
 
 
 def with_log_level(config: Config, level: str | None) -> Config:
