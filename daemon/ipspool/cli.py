@@ -357,6 +357,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.CONFIG_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one critical event and INTERNAL_ERROR, not a bare traceback
+        _report_crash(args.command, exc)
+        return ExitCode.INTERNAL_ERROR
+
+
+def _report_crash(command: str, exc: Exception) -> None:
+    """daemon.crashed into the daemon's own log (run), or command.crashed as one JSON line on stderr."""
+    import structlog
+
+    from ipspool.logs import LogTarget, configure_logging, log_crash
+
+    if command == "run" and structlog.is_configured():
+        log_crash("daemon.crashed", exc)
+        return
+    configure_logging("info", "json", role="command", target=LogTarget(fd=sys.stderr.fileno()))
+    log_crash("command.crashed", exc, command=command)
 
 
 if __name__ == "__main__":

@@ -314,10 +314,14 @@ def _serve_init(title: str, level: str, watch: connection.Connection, log_file: 
         setproctitle(title)
     except ImportError:
         pass
-    from ipspool.logs import LogTarget, configure_logging
+    from ipspool.logs import LogTarget, configure_logging, install_crash_hooks
 
     # log.file too: stats.client_refused must reach the operator's log.
     configure_logging(level, "json", role="stats", target=LogTarget(log_file))
+    # A thread of the Manager that dies (the status writer, the parent watch)
+    # is one critical event, then the Manager ends: the supervisor starts a
+    # new one and seeds it, as after any death of the Manager.
+    install_crash_hooks()
 
     def watch_parent() -> None:
         try:

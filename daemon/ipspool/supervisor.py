@@ -38,7 +38,7 @@ from ipspool.executor import Executor
 from ipspool.exitcodes import ExitCode
 from ipspool.intake import SETTLE, Intake
 from ipspool.jobs import Job, JobBook
-from ipspool.logs import LogTarget, configure_logging, get_logger
+from ipspool.logs import LogTarget, configure_logging, get_logger, install_crash_hooks, log_crash
 from ipspool.notify import Notifier, watchdog_interval
 from ipspool.outage import DiskOutage
 from ipspool.pipeline import load_pipeline
@@ -68,8 +68,7 @@ class Supervisor:
         log_target: LogTarget | None = None,
         clock: Clock = SYSTEM_CLOCK,
         executor: Executor | None = None,
-        log_level: str | None = None,
-        ignored: tuple[Ignored, ...] = (),
+        log_level: str | None = None, ignored: tuple[Ignored, ...] = (),
     ) -> None:
         self.config = config
         self.config_path = config_path
@@ -106,6 +105,7 @@ class Supervisor:
         self.drain_progress = 0.0
         self.exit_code = ExitCode.OK
         self.finished = False
+        self.thread_crashed = False  # set by another thread (threading.excepthook): read only by the loop
 
     @property
     def executor(self) -> Executor:
@@ -115,6 +115,7 @@ class Supervisor:
     # -- start-up and shutdown ------------------------------------------------------
 
     def run(self) -> int:
+        install_crash_hooks(self.on_thread_crash)
         try:
             self.start()
         except SpoolError as exc:
@@ -126,9 +127,17 @@ class Supervisor:
         try:
             while not self.finished:
                 self.turn()
+        except Exception as exc:  # noqa: BLE001 - a bug: one critical event, then the orderly shutdown below
+            log_crash("daemon.crashed", exc)
+            self.exit_code = ExitCode.INTERNAL_ERROR
         finally:
             self.shutdown()
         return int(self.exit_code)
+
+    def on_thread_crash(self) -> None:
+        """On the thread that crashed (already logged as thread.crashed): the loop stops the daemon."""
+        self.thread_crashed = True
+        self.wake()
 
     def start(self) -> None:
         config = self.config
@@ -150,7 +159,7 @@ class Supervisor:
         self.selector.register(self.watcher.wake_r, selectors.EVENT_READ, self.on_watcher)
         self.selector.register(self.sig_r, selectors.EVENT_READ, self.on_wakeup)
         self.intake.rescan()
-        self.warn_ignored(self.ignored)
+        warn_ignored(self.ignored)
         self.log.info(
             "daemon.started", spool=str(config.spool_dir), results=str(config.results_dir),
             processes=config.process_count, threads=config.workers.threads,
@@ -207,6 +216,11 @@ class Supervisor:
     def turn(self) -> None:
         for key, _ in self.selector.select(self.timeout()):
             key.data(key.fileobj)
+        if self.thread_crashed:  # what the thread did no longer happens: stop, systemd restarts us
+            self.exit_code = ExitCode.INTERNAL_ERROR
+            self.executor.kill("a supervisor thread crashed")
+            self.finished = True
+            return
         self.committer.collect()
         self.route_events()
         self.handle_signals()
@@ -375,14 +389,11 @@ class Supervisor:
 
     def reload_candidate(self) -> tuple[Config | None, LogTarget, list[str]]:
         """The new configuration and its log target, or None and the problems."""
-        found = Discovered(None if self.config_path is None else Path(self.config_path), "run")
         try:
-            loaded = load_discovered(found, spool=self.spool_override)  # conf.d/ is read again too
-            new = with_log_level(loaded.config, self.log_level)
-            load_pipeline(new, self.config_path or "<config>").close()
+            new, ignored = reread(self.config_path, self.spool_override, self.log_level)
         except ConfigError as exc:
             return None, self.log_target, list(exc.problems)
-        self.warn_ignored(loaded.ignored)
+        warn_ignored(ignored)
         problems = [
             f"{what} cannot change on reload; restart the daemon to move it"
             for what in ("spool_dir", "results_dir", "runtime_dir")
@@ -395,10 +406,6 @@ class Supervisor:
             except OSError as exc:
                 problems.append(f"log.file: cannot open {new.log.file!r}: {exc.strerror or exc}")
         return (None if problems else new), target, problems
-
-    def warn_ignored(self, ignored: tuple[Ignored, ...]) -> None:
-        for item in ignored:
-            self.log.warning("config.dropin_ignored", file=str(item.path), reason=item.reason)
 
     def apply(self, new: Config, target: LogTarget) -> None:
         """Take a validated, changed configuration: new workers replace the old gracefully."""
@@ -450,6 +457,20 @@ class Supervisor:
         if latest > self.drain_progress:
             self.notifier.extend_timeout(_EXTEND_WINDOW)
         self.drain_progress = latest
+
+
+def reread(config_path: str | None, spool: str | None, log_level: str | None) -> tuple[Config, tuple[Ignored, ...]]:
+    """The configuration file again, with its conf.d/ drop-ins, each stage loaded once (for a reload)."""
+    found = Discovered(None if config_path is None else Path(config_path), "run")
+    loaded = load_discovered(found, spool=spool)
+    new = with_log_level(loaded.config, log_level)
+    load_pipeline(new, config_path or "<config>").close()
+    return new, loaded.ignored
+
+
+def warn_ignored(ignored: tuple[Ignored, ...]) -> None:
+    for item in ignored:
+        get_logger().warning("config.dropin_ignored", file=str(item.path), reason=item.reason)
 
 
 def producer_gid(config: Config, source: str | None) -> int | None:

@@ -95,12 +95,13 @@ class Daemon:
     # -- process ------------------------------------------------------------
 
     def start(self, wait_ready: bool = True, env: dict[str, str] | None = None,
-              args: Sequence[str] | None = None) -> None:
-        """``ipspool run --config FILE``, or ``ipspool ARGS...`` (e.g. run without --config, or with -v)."""
+              args: Sequence[str] | None = None, module: str = "ipspool") -> None:
+        """``ipspool run --config FILE``, or ``ipspool ARGS...`` (e.g. run without --config, or with -v);
+        ``module``: a driver that runs ipspool (tests.support.crashinject)."""
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path(), **(env or {})}
         argv = list(args) if args is not None else ["run", "--config", str(self.config_path)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ipspool", *argv],
+            [sys.executable, "-m", module, *argv],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "stderr.log", "ab"),  # noqa: SIM115
             env=full_env, start_new_session=True,
         )
