@@ -11,6 +11,7 @@ reason, so a skip is never silent.
 from __future__ import annotations
 
 import os
+import tempfile
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 import pytest
 import structlog
 
+from ipspool.configfiles import CONFIG_ENV, SYSTEM_DIR_ENV
 from tests.support.daemon import Daemon
 
 NO_SKIP = "IPSPOOL_NO_SKIP"
@@ -27,6 +29,16 @@ NO_SKIP = "IPSPOOL_NO_SKIP"
 # why CI cannot (or need not) remove it, as "reason prefix": "justification".
 # Empty: .ci/run installs everything, so on CI every test runs.
 SKIP_ALLOWLIST: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No test (nor any ipspool it starts) reads this machine's /etc/ipspool or an operator's $IPSPOOL_CONFIG.
+
+    The discovery rule's system directory points at a name that is never
+    created; a test that wants a "system" configuration sets its own.
+    """
+    os.environ.pop(CONFIG_ENV, None)
+    os.environ[SYSTEM_DIR_ENV] = os.path.join(tempfile.gettempdir(), f"ipspool-tests-{os.getpid()}-no-etc")
 
 
 def no_skip() -> bool:

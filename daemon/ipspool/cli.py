@@ -1,6 +1,9 @@
 """The ``ipspool`` command: run, submit, status, reload, check-config, metrics-down.
 
-Exit codes are listed in ``ipspool.exitcodes`` and docs/exit-codes.md.
+Every command finds its configuration by the same rule (``--config``, else
+``$IPSPOOL_CONFIG``, else /etc/ipspool/ipspool.toml when it exists, else the
+built-in defaults: ``ipspool.configfiles``). Exit codes are listed in
+``ipspool.exitcodes`` and docs/exit-codes.md.
 """
 
 from __future__ import annotations
@@ -10,12 +13,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ipspool import __version__
-from ipspool.config import Config, ConfigError, load_config
+from ipspool.config import Config, ConfigError, LoadedConfig, load_for, with_log_level
 from ipspool.exitcodes import ExitCode
 from ipspool.status import terminal_safe
 
@@ -25,8 +27,24 @@ if TYPE_CHECKING:
 __all__ = ["build_parser", "main"]
 
 
+def _discover(args: argparse.Namespace) -> LoadedConfig:
+    """The configuration of this command by the discovery rule; ``args.config`` becomes the file found."""
+    loaded = load_for(args.config, spool=getattr(args, "spool", None))
+    args.config = str(loaded.found.path) if loaded.found.path is not None else None
+    return loaded
+
+
 def _load(args: argparse.Namespace) -> Config:
-    return load_config(args.config, spool=getattr(args, "spool", None))
+    return _discover(args).config
+
+
+def _log_level(args: argparse.Namespace) -> str | None:
+    """run's -v/-q/--log-level, or None to keep log.level."""
+    if args.log_level:
+        return str(args.log_level)
+    if args.verbose:
+        return "debug"
+    return ("warning", "error")[min(args.quiet, 2) - 1] if args.quiet else None
 
 
 def _print_problems(exc: ConfigError) -> None:
@@ -41,7 +59,8 @@ def _print_problems(exc: ConfigError) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from ipspool.logs import LogTarget, configure_logging
 
-    config = _load(args)
+    loaded = _discover(args)
+    config = with_log_level(loaded.config, _log_level(args))
     if args.daemonize:
         from ipspool.daemonize import daemonize
 
@@ -54,7 +73,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     target = configure_logging(config.log.level, config.log.format, role="supervisor", target=log_target)
     from ipspool.supervisor import Supervisor
 
-    return Supervisor(config, args.config, spool_override=args.spool, log_target=target).run()
+    return Supervisor(config, args.config, spool_override=args.spool, log_target=target,
+                      log_level=_log_level(args), ignored=loaded.ignored).run()
 
 
 # -- submit -----------------------------------------------------------------
@@ -63,7 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from ipspool.submit import submit_files
 
-    return submit_files(_load(args), args.files, wait=args.wait, timeout=args.timeout)
+    return submit_files(_load(args), args.files, wait=args.wait, timeout=args.timeout, as_json=args.json)
 
 
 # -- status -----------------------------------------------------------------
@@ -94,10 +114,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"ipspool is not running ({why})", file=sys.stderr)
         return ExitCode.NOT_RUNNING
     if args.json:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(snapshot.data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode()
-                         + "\n")
+        _print_json(snapshot.data)
     else:
         sys.stdout.write(render_status(snapshot.data))
     return ExitCode.OK
@@ -141,24 +158,80 @@ def needs_network(config: Config) -> bool:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        return _check_config(args)
+    except ConfigError as exc:
+        if not args.json:
+            raise
+        _print_json({"ok": False, "config": exc.source, "problems": list(exc.problems)})
+        return ExitCode.CONFIG_ERROR
+
+
+def _check_config(args: argparse.Namespace) -> int:
     from ipspool.pipeline import load_pipeline
     from ipspool.spool import path_problems
 
-    config = _load(args)
+    if args.schema:
+        from ipspool.config import json_schema
+
+        _print_json(json_schema())
+        return ExitCode.OK
+    loaded = _discover(args)
+    config, source = loaded.config, loaded.source
     if args.needs_network:
         # For systemd/ipspool-generator: one word, no stage is loaded.
         print("network" if needs_network(config) else "no-network")
         return ExitCode.OK
-    load_pipeline(config, args.config or "<defaults>").close()
+    if args.show:
+        return _show(loaded, as_json=args.json)
+    load_pipeline(config, source).close()
     problems = path_problems(config.spool_dir, config.results_dir, config.runtime_dir, config.log.file)
     if problems:
-        raise ConfigError(args.config or "<defaults>", tuple(problems))
+        raise ConfigError(source, tuple(problems))
     executor = f"{config.process_count} worker(s) x {config.workers.threads} threads"
     if config.executor.kind == "dask":
-        executor = f"dask at {config.executor.scheduler}: {_check_scheduler(config, args.config or '<defaults>')}"
-    print(f"{args.config or '<defaults>'}: OK ({len(config.pipeline.stages)} stage(s), "
-          f"{executor}, spool {config.spool_dir})")
+        executor = f"dask at {config.executor.scheduler}: {_check_scheduler(config, source)}"
+    verdict = _sources(loaded)
+    if args.json:
+        _print_json({"ok": True, **verdict, "stages": list(config.pipeline.stages), "executor": executor,
+                     "spool": str(config.spool_dir)})
+        return ExitCode.OK
+    print(f"{source}: OK ({len(config.pipeline.stages)} stage(s), {executor}, spool {config.spool_dir})")
+    print(f"  configuration: {source} (found by {loaded.found.origin})")
+    for path in loaded.files[1:]:
+        print(f"  drop-in: {path}")
+    for item in verdict["ignored"]:
+        print(f"  ignored: {item['file']} ({item['reason']})", file=sys.stderr)
     return ExitCode.OK
+
+
+def _sources(loaded: LoadedConfig) -> dict[str, Any]:
+    """The files a configuration was read from, as check-config --json reports them."""
+    return {
+        "config": str(loaded.found.path) if loaded.found.path is not None else None,
+        "found_by": loaded.found.origin,
+        "files": [str(path) for path in loaded.files],
+        "ignored": [{"file": str(item.path), "reason": item.reason} for item in loaded.ignored],
+    }
+
+
+def _show(loaded: LoadedConfig, *, as_json: bool) -> int:
+    """check-config --show: the merged, validated settings (every key, defaults included)."""
+    from ipspool.configfiles import dump_toml
+
+    settings = loaded.config.model_dump(mode="json")
+    if as_json:
+        _print_json(settings)
+    else:
+        files = ", ".join(str(path) for path in loaded.files) or "built-in defaults"
+        sys.stdout.write(f"# ipspool check-config --show: {files}\n" + dump_toml(settings))
+    return ExitCode.OK
+
+
+def _print_json(data: object) -> None:
+    import orjson
+
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS).decode() + "\n")
 
 
 def _check_scheduler(config: Config, source: str) -> str:
@@ -185,8 +258,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
     """Validate, signal, and wait for the daemon to confirm (for ExecReload=)."""
     from ipspool.pipeline import load_pipeline
 
-    config = _load(args)
-    load_pipeline(config, args.config or "<defaults>").close()
+    loaded = _discover(args)
+    config = loaded.config
+    load_pipeline(config, loaded.source).close()
     before, why = _snapshot(config)
     if before is None:
         print(f"ipspool is not running ({why})", file=sys.stderr)
@@ -226,62 +300,86 @@ def cmd_reload(args: argparse.Namespace) -> int:
 # -- parser -----------------------------------------------------------------
 
 
+_CONFIG_HELP = ("TOML configuration (default: $IPSPOOL_CONFIG, else /etc/ipspool/ipspool.toml if it exists, "
+                "else built-in defaults); conf.d/*.toml beside it are merged in")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ipspool",
         description="Validate, classify and enrich files of IP addresses dropped into a spool directory.",
-        epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 workers cannot start, 4 bad configuration, "
-               "5 spool unusable, 6 not running, 7 reload refused.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage, 65 reload refused, 69 not running, 70 internal error, "
+               "71 workers cannot start, 73 spool unusable, 78 bad configuration.",
     )
     parser.add_argument("--version", action="version", version=f"ipspool {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, add_options, func in _COMMANDS:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.add_argument("--config", "-c", metavar="FILE", help=_CONFIG_HELP)
+        command.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+        add_options(command)
+        command.set_defaults(func=func)
+    return parser
 
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--config", "-c", metavar="FILE", help="TOML configuration (default: built-in defaults)")
-        return p
 
-    run = command("run", "Run the daemon in the foreground (or --daemonize).")
-    run.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--daemonize", action="store_true", help="detach (for hosts without systemd)")
     run.add_argument("--pidfile", metavar="FILE", help="with --daemonize: a locked pidfile")
-    run.set_defaults(func=cmd_run)
+    verbosity = run.add_mutually_exclusive_group()
+    verbosity.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                           help="lowest level logged (overrides log.level, also across reloads)")
+    verbosity.add_argument("--verbose", "-v", action="count", default=0, help="log debug events too")
+    verbosity.add_argument("--quiet", "-q", action="count", default=0,
+                           help="log warnings and worse only (twice: errors only)")
 
-    submit = command("submit", "Hand files to the spool safely (tmp/, fsync, rename into incoming/).")
-    submit.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+
+def _submit_options(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("--wait", action="store_true", help="wait for each result; exit 1 if any file failed")
     submit.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
                         help="with --wait: give up after this long (0: never)")
+    submit.add_argument("--json", action="store_true",
+                        help="print one JSON object (submitted files and, with --wait, their outcomes)")
     submit.add_argument("files", nargs="+", metavar="FILE", help="files to submit; - reads standard input")
-    submit.set_defaults(func=cmd_submit)
 
-    status = command("status", "Show live counters and the worker table of the running daemon.")
-    status.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+
+def _status_options(status: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true", help="machine-readable output")
-    status.set_defaults(func=cmd_status)
 
-    check = command("check-config", "Validate the configuration and load every stage.")
-    check.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+
+def _check_options(check: argparse.ArgumentParser) -> None:
     check.add_argument("--needs-network", action="store_true",
                        help="only say whether a stage needs the network: prints network or no-network")
-    check.set_defaults(func=cmd_check_config)
+    check.add_argument("--show", action="store_true",
+                       help="print the merged settings (main file, drop-ins, defaults) as TOML; no stage is loaded")
+    check.add_argument("--json", action="store_true", help="machine-readable output (with --show: the settings)")
+    check.add_argument("--schema", action="store_true",
+                       help="print the JSON Schema of the configuration (for editors) and read no file")
 
-    down = command("metrics-down", "Make the metrics textfile say ipspool_up 0 (ExecStopPost=: after any exit).")
-    down.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
-    down.set_defaults(func=cmd_metrics_down)
 
-    reload = command("reload", "Validate the configuration, send SIGHUP, wait for the daemon's verdict.")
-    reload.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
+def _metrics_down_options(down: argparse.ArgumentParser) -> None:
+    del down  # the common options (--config, --spool) are all it takes
+
+
+def _reload_options(reload: argparse.ArgumentParser) -> None:
     reload.add_argument("--pid", type=int, help="daemon pid (default: as the daemon reports it)")
     reload.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
-    reload.set_defaults(func=cmd_reload)
-    return parser
+
+
+_COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]],
+                 ...] = (
+    ("run", "Run the daemon in the foreground (or --daemonize).", _run_options, cmd_run),
+    ("submit", "Hand files to the spool safely (tmp/, fsync, rename into incoming/).", _submit_options, cmd_submit),
+    ("status", "Show live counters and the worker table of the running daemon.", _status_options, cmd_status),
+    ("check-config", "Validate the configuration and load every stage.", _check_options, cmd_check_config),
+    ("reload", "Validate the configuration, send SIGHUP, wait for the daemon's verdict.", _reload_options,
+     cmd_reload),
+    ("metrics-down", "Make the metrics textfile say ipspool_up 0 (ExecStopPost=: after any exit).",
+     _metrics_down_options, cmd_metrics_down),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.config is not None:
-        args.config = str(Path(args.config).absolute())
     try:
         return int(args.func(args))
     except ConfigError as exc:
@@ -289,6 +387,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return ExitCode.CONFIG_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - a bug: one critical event and INTERNAL_ERROR, not a bare traceback
+        _report_crash(args.command, exc)
+        return ExitCode.INTERNAL_ERROR
+
+
+def _report_crash(command: str, exc: Exception) -> None:
+    """daemon.crashed into the daemon's own log (run), or command.crashed as one JSON line on stderr."""
+    import structlog
+
+    from ipspool.logs import LogTarget, configure_logging, log_crash
+
+    if command == "run" and structlog.is_configured():
+        log_crash("daemon.crashed", exc)
+        return
+    configure_logging("info", "json", role="command", target=LogTarget(fd=sys.stderr.fileno()))
+    log_crash("command.crashed", exc, command=command)
 
 
 if __name__ == "__main__":

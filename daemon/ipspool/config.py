@@ -9,11 +9,13 @@ this module turns its errors into messages that name the file and the key.
 from __future__ import annotations
 
 import os
-import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from ipspool.configfiles import ConfigError, Discovered, Ignored, Layers, discover, read_layers
 
 __all__ = [
     "AlertsConfig",
@@ -22,16 +24,21 @@ __all__ = [
     "ExecutorConfig",
     "GeoipConfig",
     "ListConfig",
+    "LoadedConfig",
     "LogConfig",
     "MetricsConfig",
     "PipelineConfig",
     "RdnsConfig",
     "SpoolConfig",
     "WorkersConfig",
+    "json_schema",
     "load_config",
+    "load_discovered",
+    "load_for",
     "parse_config",
     "parse_listen",
     "usable_cpus",
+    "with_log_level",
 ]
 
 DEFAULT_SPOOL = "/var/spool/ipspool"
@@ -295,24 +302,6 @@ class Config(_Section):
         return self.workers.max_inflight or self.workers.threads + 1
 
 
-class ConfigError(Exception):
-    """Every problem found in one configuration, each naming file and key.
-
-    A plain exception, not a frozen dataclass: Python sets ``__traceback__``
-    on an exception as it leaves a ``with`` block of a generator-based
-    context manager, which a frozen instance refuses (the real error was
-    then hidden behind a FrozenInstanceError).
-    """
-
-    def __init__(self, source: str, problems: tuple[str, ...]) -> None:
-        super().__init__(source, problems)
-        self.source = source
-        self.problems = problems
-
-    def __str__(self) -> str:
-        return "\n".join(f"{self.source}: {problem}" for problem in self.problems)
-
-
 def parse_listen(value: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[IPV6]:PORT`` as (host, port); ValueError saying what is wrong."""
     host, sep, port = value.rpartition(":")
@@ -339,42 +328,85 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) or 1
 
 
-def _describe(error: dict[str, Any]) -> str:
+def _describe(error: dict[str, Any], layers: Layers | None = None) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    # A key a drop-in set is named with that file: "conf.d/10-threads.toml: workers.threads: ...".
+    where = layers.dropin_label(error["loc"]) if layers is not None else ""
     if error["type"] == "extra_forbidden":
-        return f"{key}: unknown key (check the spelling against config/ipspool.toml)"
+        return f"{where}{key}: unknown key (check the spelling against config/ipspool.toml)"
     given = error.get("input")
     shown = "" if isinstance(given, dict) else f", got {given!r}"
-    return f"{key}: {error['msg']}{shown}"
+    return f"{where}{key}: {error['msg']}{shown}"
 
 
-def parse_config(data: dict[str, Any], source: str = "<config>", spool: str | None = None) -> Config:
-    """Validate a parsed TOML mapping; ``spool`` overrides spool.dir."""
+def parse_config(data: dict[str, Any], source: str = "<config>", spool: str | None = None,
+                 layers: Layers | None = None) -> Config:
+    """Validate a parsed TOML mapping; ``spool`` overrides spool.dir; ``layers`` names each key's file."""
     if spool is not None:
         data = {**data, "spool": {**data.get("spool", {}), "dir": spool}}
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        problems = tuple(_describe(dict(e)) for e in exc.errors())
+        problems = tuple(_describe(dict(e), layers) for e in exc.errors())
         raise ConfigError(source, problems) from None
 
 
+@dataclass(frozen=True)
+class LoadedConfig:
+    """A validated configuration and where it came from (for check-config and the start-up log)."""
+
+    config: Config
+    found: Discovered
+    files: tuple[Path, ...] = ()
+    ignored: tuple[Ignored, ...] = field(default=())
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source(self) -> str:
+        return self.found.label
+
+
+def load_discovered(found: Discovered, spool: str | None = None) -> LoadedConfig:
+    """Read the discovered main file and its conf.d/ drop-ins, merge and validate them."""
+    layers = read_layers(found.path)
+    config = parse_config(layers.data, found.label, spool, layers)
+    return LoadedConfig(config, found, tuple(layers.files), tuple(layers.ignored), layers.data)
+
+
 def load_config(path: str | os.PathLike[str] | None, spool: str | None = None) -> Config:
-    """Read and validate a TOML file; ``None`` means built-in defaults."""
-    if path is None:
-        return parse_config({}, "<defaults>", spool)
-    source = str(path)
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(source, ("file not found",)) from None
-    except PermissionError:
-        raise ConfigError(source, ("permission denied (is it readable by the service user?)",)) from None
-    except IsADirectoryError:
-        raise ConfigError(source, ("is a directory, expected a TOML file",)) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(source, (f"not valid TOML: {exc}",)) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(source, (f"not valid UTF-8: {exc}",)) from None
-    return parse_config(data, source, spool)
+    """Read and validate a TOML file and its drop-ins; ``None`` means built-in defaults (no discovery)."""
+    found = Discovered(Path(path), "--config") if path is not None else Discovered(None, "defaults")
+    return load_discovered(found, spool).config
+
+
+SCHEMA_ID = "https://ipspool.invalid/ipspool.schema.json"  # names the schema; nothing is fetched from it
+
+
+def json_schema() -> dict[str, Any]:
+    """A JSON Schema (2020-12) of the configuration file and of each drop-in, from the declarations above.
+
+    Types, defaults, bounds, enums and descriptions come from the fields; what
+    only a validator can check (executor.kind = "dask" needs a scheduler, a
+    list file must exist) is left to ``ipspool check-config``.
+    docs/ipspool.schema.json is this, written by ``ipspool check-config --schema``.
+    """
+    schema = Config.model_json_schema(mode="validation")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "ipspool configuration",
+        "description": "/etc/ipspool/ipspool.toml and conf.d/*.toml (every key optional; see docs/configuration.md)",
+        **{key: value for key, value in schema.items() if key != "title"},
+    }
+
+
+def with_log_level(config: Config, level: str | None) -> Config:
+    """``config`` with ``log.level`` replaced (``ipspool run -v``/``-q``/``--log-level``); None: unchanged."""
+    if level is None:
+        return config
+    return config.model_copy(update={"log": config.log.model_copy(update={"level": level})})
+
+
+def load_for(cli_path: str | None, spool: str | None = None) -> LoadedConfig:
+    """The configuration a command runs on: the discovery rule of ``ipspool.configfiles``, then load."""
+    return load_discovered(discover(cli_path), spool)

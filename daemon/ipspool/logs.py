@@ -9,6 +9,13 @@ they share one pipe, file or journal stream.
 Under journald (JOURNAL_STREAM names our stdout) each line starts with the
 ``<N>`` syslog priority, so ``journalctl -p warning`` works and the JSON after
 the prefix stays intact. On a terminal a readable renderer is used instead.
+
+An exception nothing caught (a bug) is one ``critical`` event with
+``exc_type``, ``exc`` and ``traceback`` fields, never a bare traceback on
+stderr (which journald files at info priority): ``daemon.crashed`` for the
+main thread of a process, ``thread.crashed`` for any other thread, and
+``command.crashed`` for a one-shot command; the process then exits
+INTERNAL_ERROR (70).
 """
 
 from __future__ import annotations
@@ -16,18 +23,32 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import traceback
 from collections.abc import Callable, MutableMapping
+from types import TracebackType
 from typing import Any
 
 import orjson
 import structlog
 
-__all__ = ["LogTarget", "configure_logging", "get_logger", "journal_stream_is_stdout"]
+from ipspool.exitcodes import ExitCode
+
+__all__ = [
+    "LogTarget",
+    "configure_logging",
+    "crash_fields",
+    "exit_internal_error",
+    "get_logger",
+    "install_crash_hooks",
+    "journal_stream_is_stdout",
+    "log_crash",
+]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
 _MAX_LINE = 4000  # below PIPE_BUF (4096): one write, never split
 _FIRST_KEYS = ("timestamp", "level", "event", "pid", "role", "worker")
+_MAX_TRACEBACK = 2400  # characters kept (the innermost frames): the line stays below _MAX_LINE
 
 EventDict = MutableMapping[str, Any]
 
@@ -35,10 +56,10 @@ EventDict = MutableMapping[str, Any]
 class LogTarget:
     """Where lines go: stdout, or a file that logrotate may move (reopen())."""
 
-    def __init__(self, path: str = "") -> None:
+    def __init__(self, path: str = "", fd: int | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self.fd = self._open() if path else sys.stdout.fileno()
+        self.fd = self._open() if path else (sys.stdout.fileno() if fd is None else fd)
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -147,7 +168,8 @@ def _json(_: Any, __: str, event_dict: EventDict) -> bytes:
         event_dict = {k: _text(v) for k, v in event_dict.items()}
         line = orjson.dumps(event_dict, default=str)
     if len(line) > _MAX_LINE:
-        line = orjson.dumps({k: _shorten(v) for k, v in event_dict.items()}, default=str)
+        line = orjson.dumps({k: v if k == "traceback" else _shorten(v) for k, v in event_dict.items()},
+                            default=str)
         if len(line) > _MAX_LINE:
             keep = {k: event_dict[k] for k in _FIRST_KEYS if k in event_dict}
             keep["truncated"] = True
@@ -195,3 +217,55 @@ def configure_logging(
 
 def get_logger() -> Any:
     return structlog.get_logger()
+
+
+def crash_fields(exc: BaseException) -> dict[str, str]:
+    """``exc_type``, ``exc`` and ``traceback`` (its last _MAX_TRACEBACK characters) of an uncaught exception."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    if len(text) > _MAX_TRACEBACK:
+        text = f"...[{len(text) - _MAX_TRACEBACK} characters cut]\n" + text[-_MAX_TRACEBACK:]
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    return {"exc_type": name, "exc": str(exc)[:400], "traceback": text}
+
+
+def log_crash(event: str, exc: BaseException, **fields: Any) -> None:
+    """Log ``exc`` as one critical event (``daemon.crashed``, ``thread.crashed``, ``command.crashed``)."""
+    get_logger().critical(event, **crash_fields(exc), **fields)
+
+
+def exit_internal_error() -> None:
+    """End this process now with INTERNAL_ERROR (from any thread; buffered output is flushed first)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass  # closed or gone: nothing left to lose
+    os._exit(ExitCode.INTERNAL_ERROR)
+
+
+def install_crash_hooks(on_thread_crash: Callable[[], None] = exit_internal_error) -> None:
+    """Route uncaught exceptions of this process into critical events (sys.excepthook, threading.excepthook).
+
+    A crashed thread is logged, then ``on_thread_crash`` runs on that thread:
+    by default the process ends with INTERNAL_ERROR, since a thread that died
+    leaves it unable to keep its promises (the supervisor instead stops its
+    loop in order). The main thread's last resort logs and ends the process
+    the same way; entry points catch first where they can clean up.
+    """
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is SystemExit or args.exc_value is None:
+            return
+        log_crash("thread.crashed", args.exc_value, thread=args.thread.name if args.thread else "")
+        on_thread_crash()
+
+    def main_hook(_type: type[BaseException], exc: BaseException, _tb: TracebackType | None) -> None:
+        if isinstance(exc, KeyboardInterrupt):
+            sys.__excepthook__(_type, exc, _tb)
+            return
+        log_crash("daemon.crashed", exc)
+        exit_internal_error()
+
+    threading.excepthook = thread_hook
+    sys.excepthook = main_hook

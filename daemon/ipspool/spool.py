@@ -158,7 +158,7 @@ def fsync_dir(fd: int) -> None:
 def ensure_runtime_dir(path: Path) -> None:
     """Create the runtime directory (mode 0750, parents as needed) or say why it cannot be used.
 
-    Raises SpoolError naming ``spool.runtime_dir``: ``ipspool run`` exits 5.
+    Raises SpoolError naming ``spool.runtime_dir``: ``ipspool run`` exits SPOOL_ERROR (73).
     """
     problem = _directory_problem(path)
     if problem is None:

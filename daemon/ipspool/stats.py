@@ -314,10 +314,14 @@ def _serve_init(title: str, level: str, watch: connection.Connection, log_file: 
         setproctitle(title)
     except ImportError:
         pass
-    from ipspool.logs import LogTarget, configure_logging
+    from ipspool.logs import LogTarget, configure_logging, install_crash_hooks
 
     # log.file too: stats.client_refused must reach the operator's log.
     configure_logging(level, "json", role="stats", target=LogTarget(log_file))
+    # A thread of the Manager that dies (the status writer, the parent watch)
+    # is one critical event, then the Manager ends: the supervisor starts a
+    # new one and seeds it, as after any death of the Manager.
+    install_crash_hooks()
 
     def watch_parent() -> None:
         try:
@@ -402,7 +406,7 @@ def _write_authkey(runtime_dir: Path, key: bytes) -> None:
 def ensure_authkey(runtime_dir: Path) -> bytes:
     """The Manager's authkey: the one in the file if it can be trusted, else a new one written whole.
 
-    Never empty. Raises SpoolError (exit 5) when a new key cannot be written.
+    Never empty. Raises SpoolError (ExitCode.SPOOL_ERROR) when a new key cannot be written.
     """
     path = runtime_dir / AUTHKEY_NAME
     key, why = _own_authkey(path)

@@ -157,7 +157,8 @@ def wait_for(config: Config, submitted: Sequence[Submitted], timeout: float) -> 
     return outcomes
 
 
-def submit_files(config: Config, paths: Sequence[str], *, wait: bool, timeout: float) -> int:
+def submit_files(config: Config, paths: Sequence[str], *, wait: bool, timeout: float, as_json: bool = False) -> int:
+    """Hand ``paths`` in; with ``wait``, exit FAILURE unless every one is done. ``as_json``: one JSON object."""
     if wait and (hidden := unobservable(config)):
         print(f"ipspool: --wait cannot observe results: no permission to look into {', '.join(map(str, hidden))} "
               f"(members of the daemon's group can; docs/packaging.md). Nothing was submitted; "
@@ -169,16 +170,33 @@ def submit_files(config: Config, paths: Sequence[str], *, wait: bool, timeout: f
             submitted.append(submit_one(config, path))
         except OSError as exc:
             print(f"ipspool: cannot submit {path}: {exc.strerror or exc}", file=sys.stderr)
+            if as_json:
+                _report_json(submitted, {}, wait=False)
             return ExitCode.FAILURE
-    for item in submitted:
-        print(f"submitted {item.source} as incoming/{item.name}")
-    if not wait:
-        return ExitCode.OK
-    outcomes = wait_for(config, submitted, timeout)
+    if not as_json:
+        for item in submitted:
+            print(f"submitted {item.source} as incoming/{item.name}")
+    outcomes = wait_for(config, submitted, timeout) if wait else {}
+    if as_json:
+        return _report_json(submitted, outcomes, wait=wait)
     code = ExitCode.OK
     for item in submitted:
         state, where = outcomes.get(item.name, ("pending", "no result yet"))
-        print(f"{item.name}: {state} {where}")
-        if state != "done":
+        if wait:
+            print(f"{item.name}: {state} {where}")
+        if wait and state != "done":
             code = ExitCode.FAILURE
     return code
+
+
+def _report_json(submitted: Sequence[Submitted], outcomes: dict[str, tuple[str, str]], *, wait: bool) -> int:
+    """submit --json: ``{"ok", "files": [{"source", "name", "lines", "state", "where"}]}`` (docs/exit-codes.md)."""
+    import orjson
+
+    files = []
+    for item in submitted:
+        state, where = outcomes.get(item.name, ("pending", "")) if wait else ("submitted", f"incoming/{item.name}")
+        files.append({"source": item.source, "name": item.name, "lines": item.lines, "state": state, "where": where})
+    ok = all(f["state"] in ("done", "submitted") for f in files)
+    sys.stdout.write(orjson.dumps({"ok": ok, "files": files}, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return ExitCode.OK if ok else ExitCode.FAILURE

@@ -28,15 +28,17 @@ import selectors
 import signal
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from ipspool.clock import SYSTEM_CLOCK, Clock, Periodic
 from ipspool.commit import Committer
-from ipspool.config import Config, ConfigError, load_config
+from ipspool.config import Config, ConfigError, load_discovered, with_log_level
+from ipspool.configfiles import Discovered, Ignored
 from ipspool.executor import Executor
 from ipspool.exitcodes import ExitCode
 from ipspool.intake import SETTLE, Intake
 from ipspool.jobs import Job, JobBook
-from ipspool.logs import LogTarget, configure_logging, get_logger
+from ipspool.logs import LogTarget, configure_logging, get_logger, install_crash_hooks, log_crash
 from ipspool.notify import Notifier, watchdog_interval
 from ipspool.outage import DiskOutage
 from ipspool.pipeline import load_pipeline
@@ -66,10 +68,13 @@ class Supervisor:
         log_target: LogTarget | None = None,
         clock: Clock = SYSTEM_CLOCK,
         executor: Executor | None = None,
+        log_level: str | None = None, ignored: tuple[Ignored, ...] = (),
     ) -> None:
         self.config = config
         self.config_path = config_path
         self.spool_override = spool_override
+        self.log_level = log_level  # run -v/-q/--log-level: outlasts reloads
+        self.ignored = ignored
         self.log_target = log_target or LogTarget(config.log.file)
         self.clock = clock
         self.log = get_logger()
@@ -100,6 +105,7 @@ class Supervisor:
         self.drain_progress = 0.0
         self.exit_code = ExitCode.OK
         self.finished = False
+        self.thread_crashed = False  # set by another thread (threading.excepthook): read only by the loop
 
     @property
     def executor(self) -> Executor:
@@ -109,6 +115,7 @@ class Supervisor:
     # -- start-up and shutdown ------------------------------------------------------
 
     def run(self) -> int:
+        install_crash_hooks(self.on_thread_crash)
         try:
             self.start()
         except SpoolError as exc:
@@ -120,9 +127,17 @@ class Supervisor:
         try:
             while not self.finished:
                 self.turn()
+        except Exception as exc:  # noqa: BLE001 - a bug: one critical event, then the orderly shutdown below
+            log_crash("daemon.crashed", exc)
+            self.exit_code = ExitCode.INTERNAL_ERROR
         finally:
             self.shutdown()
         return int(self.exit_code)
+
+    def on_thread_crash(self) -> None:
+        """On the thread that crashed (already logged as thread.crashed): the loop stops the daemon."""
+        self.thread_crashed = True
+        self.wake()
 
     def start(self) -> None:
         config = self.config
@@ -145,6 +160,7 @@ class Supervisor:
         self.selector.register(self.watcher.wake_r, selectors.EVENT_READ, self.on_watcher)
         self.selector.register(self.sig_r, selectors.EVENT_READ, self.on_wakeup)
         self.intake.rescan()
+        warn_ignored(self.ignored)
         self.log.info(
             "daemon.started", spool=str(config.spool_dir), results=str(config.results_dir),
             processes=config.process_count, threads=config.workers.threads,
@@ -202,6 +218,11 @@ class Supervisor:
     def turn(self) -> None:
         for key, _ in self.selector.select(self.timeout()):
             key.data(key.fileobj)
+        if self.thread_crashed:  # what the thread did no longer happens: stop, systemd restarts us
+            self.exit_code = ExitCode.INTERNAL_ERROR
+            self.executor.kill("a supervisor thread crashed")
+            self.finished = True
+            return
         self.committer.collect()
         self.route_events()
         self.handle_signals()
@@ -372,10 +393,10 @@ class Supervisor:
     def reload_candidate(self) -> tuple[Config | None, LogTarget, list[str]]:
         """The new configuration and its log target, or None and the problems."""
         try:
-            new = load_config(self.config_path, spool=self.spool_override)
-            load_pipeline(new, self.config_path or "<config>").close()
+            new, ignored = reread(self.config_path, self.spool_override, self.log_level)
         except ConfigError as exc:
             return None, self.log_target, list(exc.problems)
+        warn_ignored(ignored)
         problems = [
             f"{what} cannot change on reload; restart the daemon to move it"
             for what in ("spool_dir", "results_dir", "runtime_dir")
@@ -442,6 +463,20 @@ class Supervisor:
         if latest > self.drain_progress:
             self.notifier.extend_timeout(_EXTEND_WINDOW)
         self.drain_progress = latest
+
+
+def reread(config_path: str | None, spool: str | None, log_level: str | None) -> tuple[Config, tuple[Ignored, ...]]:
+    """The configuration file again, with its conf.d/ drop-ins, each stage loaded once (for a reload)."""
+    found = Discovered(None if config_path is None else Path(config_path), "run")
+    loaded = load_discovered(found, spool=spool)
+    new = with_log_level(loaded.config, log_level)
+    load_pipeline(new, config_path or "<config>").close()
+    return new, loaded.ignored
+
+
+def warn_ignored(ignored: tuple[Ignored, ...]) -> None:
+    for item in ignored:
+        get_logger().warning("config.dropin_ignored", file=str(item.path), reason=item.reason)
 
 
 def producer_gid(config: Config, source: str | None) -> int | None:

@@ -35,7 +35,15 @@ from ipspool.chunking import Chunk
 from ipspool.clock import SYSTEM_CLOCK, Clock
 from ipspool.config import Config, ConfigError
 from ipspool.exitcodes import ExitCode
-from ipspool.logs import LogTarget, configure_logging, get_logger
+from ipspool.logs import (
+    LogTarget,
+    configure_logging,
+    crash_fields,
+    exit_internal_error,
+    get_logger,
+    install_crash_hooks,
+    log_crash,
+)
 from ipspool.parts import ChunkFailed, PartWriter, part_path, read_chunk, too_long_record, write_part
 from ipspool.pipeline import Pipeline, load_pipeline, process_lines, split_lines
 from ipspool.protocol import Alert, Done, Failed, FromWorker, Heartbeat, Ready, Refresh, RunChunk, Started, Stop
@@ -339,8 +347,8 @@ class Worker:
         # a bug or a broken pipe, and the worker cannot promise results.
         exc = future.exception()
         if exc is not None:
-            self.log.error("worker.batch_crashed", error=f"{type(exc).__name__}: {exc}")
-            os._exit(70)
+            self.log.critical("worker.batch_crashed", error=f"{type(exc).__name__}: {exc}", **crash_fields(exc))
+            exit_internal_error()
 
     def drain(self) -> None:
         with self.running_lock:
@@ -389,7 +397,12 @@ def worker_main(
     except ConfigError as exc:
         log.error("worker.boot_failed", problems=list(exc.problems))
         sys.exit(ExitCode.WORKER_BOOT_ERROR)
+    install_crash_hooks()  # a thread of this worker that dies ends it: the supervisor replaces it
     stats = StatsClient(Path(runtime_dir), authkey)
     worker = Worker(slot, conn, heartbeat, config, pipeline, stats, parts_dir)
     worker.log_reopen = (target, reopen)
-    worker.run()
+    try:
+        worker.run()
+    except Exception as exc:  # noqa: BLE001 - a bug: one critical event, then INTERNAL_ERROR (the pool's threads
+        log_crash("daemon.crashed", exc)  # would hold a normal exit), and the supervisor redoes its chunks
+        exit_internal_error()

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from ipspool.exitcodes import ExitCode
 from tests.e2e.test_metrics import samples
 from tests.support.daemon import Daemon, wait_for
 from tests.support.dask_cluster import DaskCluster, need_distributed
@@ -318,13 +319,13 @@ def test_dask_over_tls_works_and_a_client_without_certificates_is_refused(make_d
 
 def test_check_config_says_when_the_dask_scheduler_does_not_answer(make_daemon: Callable[..., Daemon],
                                                                    tmp_path: Path) -> None:
-    """check-config with kind = "dask": exit 4 naming executor.scheduler when nothing answers there."""
+    """check-config with kind = "dask": CONFIG_ERROR naming executor.scheduler when nothing answers there."""
     need_distributed()
     d = make_daemon()
     silent = DaskCluster(tmp_path / "silent")
     d.write_config(**dask_settings(silent, connect_timeout=1.0))
     checked = d.ipspool("check-config", "--config", str(d.config_path))
-    assert checked.returncode == 4
+    assert checked.returncode == ExitCode.CONFIG_ERROR
     assert f"executor.scheduler: {silent.address} does not answer" in checked.stderr
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ipspool.exitcodes import ExitCode
 from tests.support.daemon import Daemon, wait_for
 
 
@@ -220,10 +221,10 @@ def test_status_reads_the_live_manager(daemon: Daemon) -> None:
 
 
 def test_status_when_not_running(tmp_path: Path, make_daemon: Callable[..., Daemon]) -> None:
-    """Without a daemon, status says so and exits 6."""
+    """Without a daemon, status says so and exits NOT_RUNNING."""
     d = make_daemon()
     out = d.ipspool("status", "--config", str(d.config_path))
-    assert out.returncode == 6 and "not running" in out.stderr
+    assert out.returncode == ExitCode.NOT_RUNNING and "not running" in out.stderr
 
 
 def test_submit_wait_reports_done_and_failed(daemon: Daemon, tmp_path: Path) -> None:
@@ -362,11 +363,11 @@ def test_a_run_logs_its_lifecycle_from_start_through_a_reload_to_the_stop(make_d
     assert {e["pid"] for e in d.events("worker.drained")} == first | second
 
 
-def test_a_stage_that_cannot_be_loaded_at_start_is_config_invalid_exit_4(make_daemon: Callable[..., Daemon]) -> None:
-    """A configuration that parses but whose stage cannot be imported: config.invalid, exit 4, no worker."""
+def test_a_stage_that_cannot_be_loaded_at_start_is_a_config_error(make_daemon: Callable[..., Daemon]) -> None:
+    """A configuration that parses but whose stage cannot be imported: config.invalid, CONFIG_ERROR, no worker."""
     d = make_daemon(pipeline={"stages": ["classify", "no_such_module:stage"]})
     d.start(wait_ready=False)
-    assert d.proc is not None and d.proc.wait(30) == 4
+    assert d.proc is not None and d.proc.wait(30) == ExitCode.CONFIG_ERROR
     d.proc = None
     invalid = d.wait_event("config.invalid")
     assert invalid["level"] == "error" and invalid["source"] == "<config>"

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from ipspool.exitcodes import ExitCode
 from ipspool.recovery import recover
 from ipspool.spool import Spool
 from tests.support.daemon import Daemon, wait_for
@@ -278,15 +279,15 @@ def test_stage_that_aborts_is_poison_without_a_fork_loop(make_daemon: Callable[.
     audit(d, {"abort.txt": [], "abort-2.txt": [], "after.txt": ["1.1.1.1"], **inputs}, allowed_failures=("poison",))
 
 
-def test_workers_that_cannot_start_halt_the_daemon_with_exit_3(make_daemon: Callable[..., Daemon]) -> None:
-    """A stage that loads in the supervisor but not in workers: daemon.halt, exit code 3, no fork loop."""
+def test_workers_that_cannot_start_halt_the_daemon_with_worker_boot_error(make_daemon: Callable[..., Daemon]) -> None:
+    """A stage that loads in the supervisor but not in workers: daemon.halt, WORKER_BOOT_ERROR, no fork loop."""
     d = make_daemon(pipeline={"stages": ["classify", "tests.support.workerboot:stage"]})
     d.start(wait_ready=False)
     assert d.proc is not None
-    assert d.proc.wait(30) == 3
+    assert d.proc.wait(30) == ExitCode.WORKER_BOOT_ERROR
     d.proc = None
     halt = d.wait_event("daemon.halt")
-    assert halt["level"] == "critical" and halt["exit_code"] == 3
+    assert halt["level"] == "critical" and halt["exit_code"] == ExitCode.WORKER_BOOT_ERROR
     boot = d.events("worker.boot_failed")
     assert boot and "cannot be loaded in a worker process" in json.dumps(boot[0]["problems"])
     assert len(d.events("worker.spawned")) <= 3
@@ -419,7 +420,7 @@ def test_restart_after_crash_between_link_and_retire_does_not_redo(make_daemon: 
 def test_an_error_escaping_a_batch_crashes_the_worker_and_the_file_is_poison(
     make_daemon: Callable[..., Daemon],
 ) -> None:
-    """worker.batch_crashed: the worker exits 70 and is replaced; the chunk's attempts make the file poison."""
+    """worker.batch_crashed: the worker exits INTERNAL_ERROR, is replaced; its chunk's attempts make the file poison."""
     d = make_daemon(workers={"max_attempts": 2}, pipeline={"stages": ["classify", "tests.support.stagelib:escape"]})
     d.start()
     d.drop("escape.txt", "1.1.1.1\n6.6.6.6\n")
@@ -428,7 +429,7 @@ def test_an_error_escaping_a_batch_crashes_the_worker_and_the_file_is_poison(
     crashed = d.events("worker.batch_crashed")
     assert len(crashed) == 2 and all("KeyboardInterrupt" in e["error"] for e in crashed)
     died = d.wait_event("worker.died")
-    assert died["exit_code"] == 70 and died["cause"] == "exit code 70"
+    assert died["exit_code"] == ExitCode.INTERNAL_ERROR and died["cause"] == f"exit code {int(ExitCode.INTERNAL_ERROR)}"
     d.drop("fine.txt", "2.2.2.2\n")
     assert d.wait_result("fine.txt")[0]["ip"] == "2.2.2.2"
     assert d.stop() == 0

@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ipspool.config import Config, ConfigError, parse_config
+from ipspool.exitcodes import ExitCode
 from ipspool.pipeline import load_pipeline, process_chunk
 from tests.support.daemon import REPO, Daemon, wait_for, write_toml
 from tests.support.lines import physical_lines
@@ -426,22 +427,25 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.parametrize(
     ("settings", "problem", "run_code"),
     [
-        ({"spool": {"dir": "/etc/hostname/spool"}}, "spool.dir: /etc/hostname/spool", 5),
-        ({"spool": {"results_dir": "/etc/hostname/results"}}, "spool.results_dir: /etc/hostname/results", 5),
-        ({"log": {"file": "/nonexistent-dir/ipspool.log"}}, "log.file: /nonexistent-dir/ipspool.log", 4),
-        ({"pipeline": {"stages": ["classify", "no_such_module:stage"]}}, "cannot import module 'no_such_module'", 4),
+        ({"spool": {"dir": "/etc/hostname/spool"}}, "spool.dir: /etc/hostname/spool", ExitCode.SPOOL_ERROR),
+        ({"spool": {"results_dir": "/etc/hostname/results"}}, "spool.results_dir: /etc/hostname/results",
+         ExitCode.SPOOL_ERROR),
+        ({"log": {"file": "/nonexistent-dir/ipspool.log"}}, "log.file: /nonexistent-dir/ipspool.log",
+         ExitCode.CONFIG_ERROR),
+        ({"pipeline": {"stages": ["classify", "no_such_module:stage"]}}, "cannot import module 'no_such_module'",
+         ExitCode.CONFIG_ERROR),
     ],
 )
 def test_unusable_paths_and_stages_are_refused_by_check_config_and_run(
     tmp_path: Path, settings: dict[str, Any], problem: str, run_code: int,
 ) -> None:
-    """check-config names the key and the path (exit 4); run refuses to start (4 or 5) with a clear message."""
+    """check-config names the key and the path (CONFIG_ERROR); run refuses to start with a clear message."""
     data: dict[str, Any] = {"spool": {"dir": str(tmp_path / "spool")}}
     for section, body in settings.items():
         data[section] = {**data.get(section, {}), **body}
     config = write_toml(tmp_path / "c.toml", data)
     check = run_cli("check-config", "--config", str(config))
-    assert check.returncode == 4, check.stdout + check.stderr
+    assert check.returncode == ExitCode.CONFIG_ERROR, check.stdout + check.stderr
     assert problem in check.stderr and "Traceback" not in check.stderr
     run = run_cli("run", "--config", str(config))
     assert run.returncode == run_code, run.stdout + run.stderr
@@ -449,12 +453,12 @@ def test_unusable_paths_and_stages_are_refused_by_check_config_and_run(
 
 
 def test_reload_with_an_unloadable_stage_keeps_the_old_configuration(daemon: Daemon) -> None:
-    """`ipspool reload` with a stage that cannot be imported exits 7; the daemon keeps its configuration."""
+    """`ipspool reload` with an unimportable stage exits CONFIG_ERROR unsignalled; the daemon keeps its config."""
     daemon.drop("before.txt", "1.1.1.1\n")
     daemon.wait_result("before.txt")
     daemon.write_config(pipeline={"stages": ["classify", "no_such_module:stage"]})
     out = daemon.ipspool("reload", "--config", str(daemon.config_path))
-    assert out.returncode == 4 and "no_such_module" in out.stderr  # refused before signalling
+    assert out.returncode == ExitCode.CONFIG_ERROR and "no_such_module" in out.stderr  # refused before signalling
     daemon.signal(1)  # SIGHUP anyway, as a careless operator would
     failed = daemon.wait_event("config.reload_failed")
     assert any("no_such_module" in p for p in failed["problems"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ipspool.exitcodes import ExitCode
 from ipspool.spool import SpoolError
 from tests.support.daemon import python_path, wait_for, write_toml
 
@@ -50,15 +51,15 @@ def test_ensure_runtime_dir_says_what_is_wrong(tmp_path: Path, where: str) -> No
         ensure_runtime_dir(path[where])
 
 
-def test_run_with_a_runtime_dir_that_cannot_be_created_exits_5(tmp_path: Path) -> None:
-    """`ipspool run`: daemon.spool_error and exit 5, no traceback."""
+def test_run_with_a_runtime_dir_that_cannot_be_created_is_a_spool_error(tmp_path: Path) -> None:
+    """`ipspool run`: daemon.spool_error and SPOOL_ERROR, no traceback."""
     (tmp_path / "file").write_text("")
     config = write_toml(tmp_path / "c.toml", {
         "spool": {"dir": str(tmp_path / "spool"), "runtime_dir": str(tmp_path / "file" / "run")},
         "log": {"format": "json", "file": str(tmp_path / "log")},
     })
     run = run_cli("run", "--config", str(config))
-    assert run.returncode == 5, run.stderr
+    assert run.returncode == ExitCode.SPOOL_ERROR, run.stderr
     assert "Traceback" not in run.stderr + run.stdout
     events = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
     assert any(e["event"] == "daemon.spool_error" and "spool.runtime_dir" in e["error"] for e in events)
@@ -94,10 +95,10 @@ def test_daemonize_creates_the_runtime_directory_private(tmp_path: Path) -> None
                 time.sleep(0.05)
 
 
-def test_daemonize_with_a_runtime_dir_that_cannot_be_created_exits_5(tmp_path: Path) -> None:
-    """`run --daemonize`: the reason on the terminal and exit 5, before detaching; no traceback."""
+def test_daemonize_with_a_runtime_dir_that_cannot_be_created_is_a_spool_error(tmp_path: Path) -> None:
+    """`run --daemonize`: the reason on the terminal and SPOOL_ERROR, before detaching; no traceback."""
     (tmp_path / "file").write_text("")
     config = daemonize_config(tmp_path, runtime_dir=str(tmp_path / "file" / "run"))
     run = run_cli("run", "--daemonize", "--config", str(config), timeout=30)
-    assert run.returncode == 5, run.stderr
+    assert run.returncode == ExitCode.SPOOL_ERROR, run.stderr
     assert "spool.runtime_dir" in run.stderr and "Traceback" not in run.stderr

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from ipspool.exitcodes import ExitCode
 from ipspool.spool import SpoolError
 from ipspool.stats import (
     AUTHKEY_NAME,
@@ -54,7 +55,7 @@ def test_stopped_manager_stops_no_processing_and_status_answers_again_after_sigc
 
         def stale() -> bool:
             out = d.ipspool("status", "--config", str(d.config_path), timeout=60)
-            return out.returncode == 6 and "old" in out.stderr
+            return out.returncode == ExitCode.NOT_RUNNING and "old" in out.stderr
 
         wait_for(stale, timeout=30, interval=0.5, what="status: not running, the snapshot is stale")
         assert time.monotonic() - began < STALE_AFTER + 10
@@ -199,14 +200,14 @@ def fill(directory: Path) -> Path:
     return filler
 
 
-def test_first_start_on_a_full_runtime_filesystem_exits_5_and_leaves_no_empty_key(
+def test_first_start_on_a_full_runtime_filesystem_is_a_spool_error_and_leaves_no_empty_key(
     make_daemon: Callable[..., Daemon], small_tmpfs: Path,
 ) -> None:
-    """ENOSPC writing the authkey: daemon.spool_error and exit 5, nothing at the key's name; fine once space is back."""
+    """ENOSPC on the authkey: daemon.spool_error, SPOOL_ERROR, nothing at the key's name; fine once space is back."""
     d = make_daemon(spool={"runtime_dir": str(small_tmpfs)})
     filler = fill(small_tmpfs)
     d.start(wait_ready=False)
-    assert d.proc is not None and d.proc.wait(60) == 5
+    assert d.proc is not None and d.proc.wait(60) == ExitCode.SPOOL_ERROR
     d.proc = None
     error = d.wait_event("daemon.spool_error")
     assert "authkey" in error["error"] and "No space left" in error["error"]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from ipspool.exitcodes import ExitCode
 from ipspool.stats import SOCKET_NAME, STATUS_NAME, StatsManager
 from tests.support.daemon import Daemon, wait_for
 
@@ -43,7 +44,7 @@ def test_spool_content_naming_modules_or_callables_runs_nothing(make_daemon: Cal
 
 
 def test_results_dir_that_is_a_symlink_is_refused_at_start(make_daemon: Callable[..., Daemon]) -> None:
-    """results_dir as a symlink: exit 5 with a message naming it, and nothing is created through it."""
+    """results_dir as a symlink: SPOOL_ERROR with a message naming it, and nothing is created through it."""
     d = make_daemon()
     target = d.root / "elsewhere"
     target.mkdir()
@@ -51,7 +52,7 @@ def test_results_dir_that_is_a_symlink_is_refused_at_start(make_daemon: Callable
     link.symlink_to(target)
     d.write_config(spool={"results_dir": str(link)})
     d.start(wait_ready=False)
-    assert d.proc is not None and d.proc.wait(30) == 5
+    assert d.proc is not None and d.proc.wait(30) == ExitCode.SPOOL_ERROR
     d.proc = None
     error = d.wait_event("daemon.spool_error")
     assert error["error"] == f"{link}: is a symbolic link; refusing to follow it"
@@ -185,9 +186,9 @@ def test_status_and_reload_as_root_never_connect_to_a_hostile_stats_socket(
     d = make_daemon(spool={"runtime_dir": str(runtime)})
     config = ("--config", str(d.config_path))
     out = d.ipspool("status", *config)
-    assert out.returncode == 6 and "not running" in out.stderr, out
+    assert out.returncode == ExitCode.NOT_RUNNING and "not running" in out.stderr, out
     out = d.ipspool("reload", *config, "--timeout", "2")
-    assert out.returncode == 6 and "not running" in out.stderr, out
+    assert out.returncode == ExitCode.NOT_RUNNING and "not running" in out.stderr, out
     victim = subprocess.Popen(["sleep", "120"])
     try:
         planted = runtime / STATUS_NAME
@@ -215,11 +216,11 @@ def test_status_refuses_a_snapshot_that_is_a_link_to_another_file(
     secret.write_text(json.dumps({"written": time.time(), "daemon": {"pid": os.getpid(), "state": "SECRET"}}))
     (runtime / STATUS_NAME).symlink_to(secret)
     out = d.ipspool("status", "--config", str(d.config_path))
-    assert out.returncode == 6 and "symbolic link" in out.stderr and "SECRET" not in out.stdout, out
+    assert out.returncode == ExitCode.NOT_RUNNING and "symbolic link" in out.stderr and "SECRET" not in out.stdout, out
     (runtime / STATUS_NAME).unlink()
     os.link(secret, runtime / STATUS_NAME)
     out = d.ipspool("status", "--config", str(d.config_path))
-    assert out.returncode == 6 and "links" in out.stderr and "SECRET" not in out.stdout, out
+    assert out.returncode == ExitCode.NOT_RUNNING and "links" in out.stderr and "SECRET" not in out.stdout, out
 
 
 def test_status_json_is_written_atomically_private_and_current(daemon: Daemon) -> None:

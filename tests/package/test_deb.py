@@ -194,7 +194,7 @@ def test_systemctl_reload_applies_a_good_config_and_refuses_a_bad_one(machine: C
     machine.run("sed", "-i", "s/^threads = 16$/threads = \"many\"/", CONFIG)
     statuses = _reload_statuses(machine)
     assert machine.run("systemctl", "reload", UNIT, check=False).returncode != 0
-    # `ipspool reload` validates the file first: exit 4 (CONFIG_ERROR), nothing signalled.
+    # `ipspool reload` validates the file first: exit 78 (CONFIG_ERROR), nothing signalled.
     wait_for(lambda: len(_reload_statuses(machine)) > len(statuses), 30, 0.2, what="the ExecReload exit")
     assert _reload_statuses(machine)[len(statuses):] == [4]
     assert _journal_count(machine, "config.reload_failed") == 0

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,10 +94,14 @@ class Daemon:
 
     # -- process ------------------------------------------------------------
 
-    def start(self, wait_ready: bool = True, env: dict[str, str] | None = None) -> None:
+    def start(self, wait_ready: bool = True, env: dict[str, str] | None = None,
+              args: Sequence[str] | None = None, module: str = "ipspool") -> None:
+        """``ipspool run --config FILE``, or ``ipspool ARGS...`` (e.g. run without --config, or with -v);
+        ``module``: a driver that runs ipspool (tests.support.crashinject)."""
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": python_path(), **(env or {})}
+        argv = list(args) if args is not None else ["run", "--config", str(self.config_path)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ipspool", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", module, *argv],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "stderr.log", "ab"),  # noqa: SIM115
             env=full_env, start_new_session=True,
         )
@@ -231,9 +235,10 @@ class Daemon:
         wait_for(path.exists, timeout, what=f"failure record {path}")
         return json.loads(path.read_text())  # type: ignore[no-any-return]
 
-    def ipspool(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def ipspool(self, *args: str, timeout: float = 60.0,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "ipspool", *args], capture_output=True, text=True, timeout=timeout,
-            env={**os.environ, "PYTHONPATH": python_path()},
+            env={**os.environ, "PYTHONPATH": python_path(), **(env or {})},
         )
 

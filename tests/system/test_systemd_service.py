@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ipspool.exitcodes import ExitCode
 from tests.support.nspawn import SPOOL, UNIT, Machine, boot_ipspool
 
 pytestmark = pytest.mark.systemd
@@ -79,18 +80,18 @@ def test_reload_applies_a_good_config_and_refuses_a_bad_one(machine: Machine) ->
     machine.submit("tagged.txt", "192.0.2.7\n")
     assert machine.wait_result("tagged.txt")[0]["tagged"] == 4
 
-    # Not even TOML-valid: `ipspool reload` refuses before signalling, exit 4.
+    # Not even TOML-valid: `ipspool reload` refuses before signalling: CONFIG_ERROR.
     machine.write("/etc/ipspool/ipspool.toml", "[workers]\nprocesses = 'two'\n")
     before = machine.cursor()
     refused = machine.systemctl("reload", UNIT, check=False)
     assert refused.returncode != 0  # systemctl reports the failed job; ExecReload's own status is below
-    assert machine.control_exit_status(before) == 4
-    # Valid alone but not as a reload (the spool cannot move): the daemon refuses, exit 7.
+    assert machine.control_exit_status(before) == ExitCode.CONFIG_ERROR
+    # Valid alone but not as a reload (the spool cannot move): the daemon refuses: RELOAD_REJECTED.
     machine.configure(**{**BASE, "spool": {"results_dir": "/var/spool/ipspool/elsewhere"}})
     before = machine.cursor()
     refused = machine.systemctl("reload", UNIT, check=False)
     assert refused.returncode != 0
-    assert machine.control_exit_status(before) == 7
+    assert machine.control_exit_status(before) == ExitCode.RELOAD_REJECTED
     failed = machine.wait_event("config.reload_failed", cursor)
     assert any("results_dir" in p for p in failed["problems"])
     reload_lines = [e.get("MESSAGE", "") for e in machine.journal(cursor) if e.get("_TRANSPORT") == "stdout"]

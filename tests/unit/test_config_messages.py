@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ipspool import config as config_module
+from ipspool import configfiles
 from ipspool.config import ConfigError, load_config, parse_config, usable_cpus
 
 
@@ -35,7 +35,7 @@ def test_a_file_the_service_user_may_not_read_says_so(tmp_path: Path, monkeypatc
     def refuse(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(config_module, "open", refuse, raising=False)
+    monkeypatch.setattr(configfiles, "_read_regular", refuse)
     path = tmp_path / "secret.toml"
     assert message(path) == f"{path}: permission denied (is it readable by the service user?)"
 

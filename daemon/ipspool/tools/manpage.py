@@ -121,6 +121,8 @@ EXIT_CODES: dict[ExitCode, str] = {
                           "or not writable.",
     ExitCode.NOT_RUNNING: "status, reload: no daemon answers on the stats socket of this configuration.",
     ExitCode.RELOAD_REJECTED: "reload: the daemon refused the new configuration and keeps running on the old one.",
+    ExitCode.INTERNAL_ERROR: "An uncaught exception (a bug): logged first as one critical event "
+                             "(daemon.crashed or thread.crashed) with its traceback.",
 }
 
 _SPOOL = _esc(DEFAULT_SPOOL)
