@@ -397,14 +397,7 @@ class Supervisor:
         except ConfigError as exc:
             return None, self.log_target, list(exc.problems)
         warn_ignored(ignored)
-        problems = [
-            f"{what} cannot change on reload; restart the daemon to move it"
-            for what in ("spool_dir", "results_dir", "runtime_dir")
-            if getattr(new, what) != getattr(self.config, what)
-        ]
-        if new.executor.kind != self.config.executor.kind:
-            problems.append(f"executor.kind cannot change on reload ({self.config.executor.kind!r} to "
-                            f"{new.executor.kind!r}); restart the daemon to switch executors")
+        problems = fixed_until_restart(self.config, new)
         target = self.log_target
         if not problems and new.log.file != self.config.log.file:
             try:
@@ -503,6 +496,19 @@ def owner_check(config: Config, source: str | None,
     except ConfigError:
         return current
     return None if gid is None else OwnerCheck(gid)
+
+
+def fixed_until_restart(old: Config, new: Config) -> list[str]:
+    """What a reload may not change: the directories the daemon holds open, and the executor's kind."""
+    problems = [
+        f"{what} cannot change on reload; restart the daemon to move it"
+        for what in ("spool_dir", "results_dir", "runtime_dir")
+        if getattr(new, what) != getattr(old, what)
+    ]
+    if new.executor.kind != old.executor.kind:
+        problems.append(f"executor.kind cannot change on reload ({old.executor.kind!r} to "
+                        f"{new.executor.kind!r}); restart the daemon to switch executors")
+    return problems
 
 
 def make_executor(supervisor: Supervisor, config: Config) -> Executor:
