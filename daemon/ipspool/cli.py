@@ -136,8 +136,10 @@ LOCAL_STAGES = frozenset({"classify", "lists", "geoip"})
 
 
 def needs_network(config: Config) -> bool:
-    """Does any configured stage need the network (rdns, or a user stage that might)?"""
-    return any(stage not in LOCAL_STAGES for stage in config.pipeline.stages)
+    """Does the service need the network: a stage (rdns, or a user stage that might), the Dask executor,
+    or the metrics endpoint? (Under PrivateNetwork=yes even 127.0.0.1 is not the host's loopback.)"""
+    return (any(stage not in LOCAL_STAGES for stage in config.pipeline.stages)
+            or config.executor.kind == "dask" or bool(config.metrics.listen))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -263,7 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = command("check-config", "Validate the configuration and load every stage.")
     check.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")
     check.add_argument("--needs-network", action="store_true",
-                       help="only say whether a stage needs the network: prints network or no-network")
+                       help="only say whether the service needs the network (a stage, the Dask executor, "
+                            "metrics.listen): prints network or no-network")
     check.set_defaults(func=cmd_check_config)
 
     down = command("metrics-down", "Make the metrics textfile say ipspool_up 0 (ExecStopPost=: after any exit).")
