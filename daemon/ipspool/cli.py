@@ -153,8 +153,10 @@ LOCAL_STAGES = frozenset({"classify", "lists", "geoip"})
 
 
 def needs_network(config: Config) -> bool:
-    """Does any configured stage need the network (rdns, or a user stage that might)?"""
-    return any(stage not in LOCAL_STAGES for stage in config.pipeline.stages)
+    """Does the service need the network: a stage (rdns, or a user stage that might), the Dask executor,
+    or the metrics endpoint? (Under PrivateNetwork=yes even 127.0.0.1 is not the host's loopback.)"""
+    return (any(stage not in LOCAL_STAGES for stage in config.pipeline.stages)
+            or config.executor.kind == "dask" or bool(config.metrics.listen))
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
@@ -348,7 +350,8 @@ def _status_options(status: argparse.ArgumentParser) -> None:
 
 def _check_options(check: argparse.ArgumentParser) -> None:
     check.add_argument("--needs-network", action="store_true",
-                       help="only say whether a stage needs the network: prints network or no-network")
+                       help="only say whether the service needs the network (a stage, the Dask executor, "
+                            "metrics.listen): prints network or no-network")
     check.add_argument("--show", action="store_true",
                        help="print the merged settings (main file, drop-ins, defaults) as TOML; no stage is loaded")
     check.add_argument("--json", action="store_true", help="machine-readable output (with --show: the settings)")

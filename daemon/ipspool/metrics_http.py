@@ -6,8 +6,9 @@ snapshot holds, the same numbers the textfile carries. Anyone who can reach
 the port can read the counters, so it belongs on loopback or behind a
 firewall, and it is bounded against clients that misbehave:
 
-- one request at a time (no thread per client), each with ``TIMEOUT``
-  seconds on the socket, so a client that sends nothing holds it that long;
+- one request at a time (no thread per client), one per connection, and a
+  client gets ``TIMEOUT`` seconds in all to send its request line and
+  headers (408 after that), however slowly it drips them;
 - at most ``MAX_REQUEST_BYTES`` of request line and headers are read; past
   that the answer is 431;
 - only ``GET`` (and ``HEAD``) of ``/metrics``; any other path is 404, any
@@ -19,6 +20,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from typing import Any
 
@@ -36,31 +38,6 @@ MAX_REQUEST_BYTES = 8192  # request line and headers together
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class _CappedReader:
-    """The request's read side, ending after ``limit`` bytes: no request grows past it."""
-
-    def __init__(self, raw: io.BufferedIOBase, limit: int) -> None:
-        self.raw = raw
-        self.left = limit
-        self.exhausted = False
-
-    def readline(self, size: int = -1) -> bytes:
-        if self.left <= 0:
-            self.exhausted = True
-            return b""
-        line = self.raw.readline(self.left if size < 0 else min(size, self.left))
-        self.left -= len(line)
-        if self.left <= 0 and not line.endswith(b"\n"):
-            self.exhausted = True
-        return line
-
-    def read(self, size: int = -1) -> bytes:
-        return b""  # bodies are never read
-
-    def close(self) -> None:
-        self.raw.close()
-
-
 class _Handler(BaseHTTPRequestHandler):
     timeout = TIMEOUT
     server_version = "ipspool"
@@ -68,16 +45,42 @@ class _Handler(BaseHTTPRequestHandler):
     registry: CollectorRegistry  # set on the subclass each server makes
 
     def setup(self) -> None:
-        super().setup()
-        self.capped = _CappedReader(self.rfile, MAX_REQUEST_BYTES)
-        self.rfile = self.capped  # type: ignore[assignment]
+        """Read the request line and headers whole, within TIMEOUT and MAX_REQUEST_BYTES, before parsing.
 
-    def too_large(self) -> bool:
-        if self.capped.exhausted:
-            self.close_connection = True
+        The socket timeout alone bounds each read, not the request: a client
+        sending a byte a second would hold the endpoint for hours.
+        """
+        super().setup()
+        self.refusal = 0
+        data = b""
+        deadline = time.monotonic() + self.timeout
+        while b"\r\n\r\n" not in data and b"\n\n" not in data and len(data) <= MAX_REQUEST_BYTES:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.refusal = 408
+                break
+            self.connection.settimeout(left)
+            try:
+                block = self.connection.recv(4096)
+            except TimeoutError:
+                self.refusal = 408
+                break
+            except OSError:
+                break
+            if not block:
+                break
+            data += block
+        if len(data) > MAX_REQUEST_BYTES:
+            self.refusal = 431  # the last read brought the end of the headers, and too much
+        self.connection.settimeout(self.timeout)  # for the answer
+        self.rfile = io.BytesIO(data[:MAX_REQUEST_BYTES])
+
+    def refused(self) -> bool:
+        if self.refusal == 431:
             self.send_error(431, "Request Header Fields Too Large")
-            return True
-        return False
+        elif self.refusal == 408:
+            self.send_error(408, "Request Timeout")
+        return bool(self.refusal)
 
     def do_GET(self) -> None:
         self.answer(body=True)
@@ -86,7 +89,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.answer(body=False)
 
     def answer(self, body: bool) -> None:
-        if self.too_large():
+        if self.refused():
             return
         if self.path.split("?", 1)[0] != "/metrics":
             self.send_error(404, "Only /metrics is served here")

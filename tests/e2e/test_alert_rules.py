@@ -97,3 +97,18 @@ def test_every_metric_the_rules_and_dashboard_use_is_exported(make_daemon: Calla
     assert len(used) > 20
     exported = exported_names(make_daemon)
     assert {name: where for name, where in used.items() if name not in exported} == {}
+
+
+def test_the_dashboard_is_a_well_formed_grafana_dashboard() -> None:
+    """Unique panel ids, panels inside the 24-column grid, one refId per query, the data source a variable."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["x"] + grid["w"] <= 24, panel["title"]
+        refs = [t["refId"] for t in panel["targets"]]
+        assert refs and len(set(refs)) == len(refs), panel["title"]
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+    names = [v["name"] for v in dashboard["templating"]["list"]]
+    assert names == ["datasource", "instance"]

@@ -65,3 +65,23 @@ def test_a_stage_that_may_need_the_network_keeps_it(machine: Machine) -> None:
     # Back to the network-less default for whoever uses this machine next.
     machine.configure(**BASE, pipeline={"stages": ["classify"]})
     machine.systemctl("daemon-reload")
+
+
+def test_the_metrics_endpoint_keeps_the_network_and_answers_outside_the_service(machine: Machine) -> None:
+    """[metrics] listen with local stages only: no drop-in, and /metrics answers from outside the unit."""
+    settings: dict[str, dict[str, Any]] = {**BASE, "pipeline": {"stages": ["classify"]},
+                                           "metrics": {"listen": "127.0.0.1:0"}}
+    machine.configure(**settings)
+    machine.systemctl("daemon-reload")
+    try:
+        assert not machine.exists(DROPIN)
+        cursor = machine.reset(**settings)
+        address = machine.wait_event("metrics.listening", cursor)["listen"]
+        python = machine.show("ExecStart")["ExecStart"].split("path=")[1].split(" ;")[0]
+        scrape = (f"import urllib.request; print(urllib.request.urlopen('http://{address}/metrics', "
+                  f"timeout=10).read().decode())")
+        text = machine.run(python, "-c", scrape).stdout
+        assert "ipspool_up 1.0" in text and 'ipspool_executor_info{kind="local",scheduler=""} 1.0' in text
+    finally:
+        machine.configure(**BASE, pipeline={"stages": ["classify"]})
+        machine.systemctl("daemon-reload")

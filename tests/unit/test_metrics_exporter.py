@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import os
 import platform
+import select
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -236,13 +237,34 @@ def test_the_endpoint_refuses_a_request_larger_than_its_limit(server: MetricsSer
     assert request(server, "GET", "/metrics")[0] == 200
 
 
-def test_a_client_that_sends_nothing_is_dropped_and_the_next_one_served(server: MetricsServer) -> None:
-    """One request at a time, each bounded by the socket timeout: a silent client cannot hold the endpoint."""
+def until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while block := sock.recv(4096):
+        data += block
+    return data
+
+
+def test_a_client_that_sends_half_a_request_is_dropped_and_the_next_one_served(server: MetricsServer) -> None:
+    """One request at a time, each bounded in time: a silent client gets 408, not the endpoint."""
     port = int(server.address.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=10) as silent:
-        silent.sendall(b"GET /metr")  # and nothing more
+        silent.sendall(b"GET /metrics HTTP/1.1\r\n")  # and nothing more
         assert request(server, "GET", "/metrics")[0] == 200
-        assert silent.recv(100) == b""  # the server gave up on it
+        assert until_closed(silent).startswith(b"HTTP/1.0 408 ")
+
+
+def test_a_client_dripping_its_request_is_cut_off_by_the_total_deadline(server: MetricsServer) -> None:
+    """A byte at a time, each well within the socket timeout: the request as a whole still has its bound."""
+    port = int(server.address.rsplit(":", 1)[1])
+    sent, answered = 0, False
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as drip:
+        drip.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+        while not answered and sent < 400:  # 400 x 0.1 s: 80 times the (patched) 0.5 s deadline
+            drip.sendall(b"a")
+            sent += 1
+            answered = bool(select.select([drip], [], [], 0.1)[0])
+        assert answered, "the endpoint waited for the whole drip"
+        assert until_closed(drip).startswith(b"HTTP/1.0 408 ")
 
 
 def test_the_endpoint_on_ipv6_loopback() -> None:

@@ -62,3 +62,15 @@ def test_needs_network(tmp_path: Path, stages: list[str], network: bool) -> None
     config = tmp_path / "c.toml"
     config.write_text("[pipeline]\nstages = [" + ", ".join(f'"{s}"' for s in stages) + "]\n")
     assert needs_network(load_config(str(config))) is network
+
+
+@pytest.mark.parametrize(("extra", "network"), [
+    ('[metrics]\nlisten = "127.0.0.1:9464"\n', True),
+    ('[metrics]\ntextfile = "/tmp/x.prom"\n', False),
+    ('[executor]\nkind = "dask"\nscheduler = "tcp://127.0.0.1:8786"\n', True),
+])
+def test_the_metrics_endpoint_and_a_cluster_need_the_network(tmp_path: Path, extra: str, network: bool) -> None:
+    """Under PrivateNetwork=yes even loopback is the service's own: an endpoint or a scheduler keeps the network."""
+    config = tmp_path / "c.toml"
+    config.write_text('[pipeline]\nstages = ["classify"]\n' + extra)
+    assert needs_network(load_config(str(config))) is network
