@@ -178,10 +178,9 @@ class IntelmqPipeline:
         os.rename(staged, self.collect / src.name)
         deadline = time.monotonic() + limit
         seen = 0
-        with open(self.events, "ab+") as events:
-            while seen < len(ips):
-                events.seek(0)
-                seen = events.read().count(b"\n")
+        with open(self.events, "rb") as events:
+            while True:
+                seen += events.read().count(b"\n")  # only what was appended since the last look
                 if seen >= len(ips):
                     break
                 self._alive()
