@@ -8,8 +8,8 @@ in build/bench-data/), once with each reader in ``READERS`` (maxminddb-rust,
 the maxminddb C extension), and calls it on ``--lookups`` unique global IPv4
 addresses as ``ipaddress`` objects, as the daemon does. Rounds alternate the
 readers (rust, C, rust, C ...) so a burst of load on the shared machine
-slows both alike; the figures are the medians of the rounds, and the ratio
-is that of the two medians. Before timing, every address's fields are
+slows both alike; the figures are the medians of the rounds, the ratio that
+of the two medians, and beside it the median of the round-by-round ratios. Before timing, every address's fields are
 compared between the readers: the run fails on the first difference.
 """
 
@@ -73,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---:|---:|---:|---:|")
     for name, median in medians.items():
         print(f"| {name} | {median:,.0f} | {min(runs[name]):,.0f} | {max(runs[name]):,.0f} | {median / base:.2f} |")
+    for name in medians:
+        if name != "maxminddb":
+            ratios = [a / b for a, b in zip(runs[name], runs["maxminddb"], strict=True)]
+            print(f"\n{name} / maxminddb, round by round: median {statistics.median(ratios):.2f}, "
+                  f"range {min(ratios):.2f}-{max(ratios):.2f}")
     return 0
 
 
