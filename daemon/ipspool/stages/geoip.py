@@ -2,7 +2,7 @@
 
 Databases are memory-mapped, so the page cache holds one copy that every
 worker process shares. They are read with ``maxminddb-rust`` where it is
-installed (the ``geoip-fast`` extra: about 1.5x the lookups a second,
+installed (the ``geoip-fast`` extra: 1.4-1.6x the lookups a second,
 docs/enrichment.md), else with the ``maxminddb`` C extension, else with its
 pure-Python reader; the results are the same. ``refresh()`` notices a
 database replaced by rename() (a new inode, as geoipupdate does it) and
