@@ -52,6 +52,7 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,dask,bench]'
+	$(BIN)/python -m bench.intelmq --setup
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Mutation testing of the unit tests (docs/mutation.md). mutmut imports its

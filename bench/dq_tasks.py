@@ -25,8 +25,9 @@ _results = redis.Redis.from_url(URL)
 
 
 @dramatiq.actor(queue_name=QUEUE, max_retries=0)
-def process_batch(run: str, file_no: int, first_line: int, lines: list[str], stages: list[str]) -> None:
-    data = work_lines(tuple(stages), first_line, [line.encode() for line in lines])
+def process_batch(run: str, file_no: int, first_line: int, lines: list[str], stages: list[str],
+                  config: str = "") -> None:
+    data = work_lines(tuple(stages), first_line, [line.encode() for line in lines], config)
     pipe = _results.pipeline(transaction=False)
     pipe.hset(f"{run}:res:{file_no}", str(first_line), data)
     pipe.incrby(f"{run}:done", len(lines))

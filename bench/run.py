@@ -20,6 +20,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bench import intelmq
+from bench.enrich import check_enriched, config_json, geo_dbs, lists_file, pipeline_config, unique_file
 from bench.inputs import make_lines, records_expected, write_file, write_files
+from bench.rdns import nameserver
 from bench.systems import (
     DramatiqRunner,
     Workload,
@@ -44,6 +48,8 @@ __all__ = ["main"]
 
 OUT = Path(__file__).resolve().parent / "out"
 Runner = Callable[[Workload, Path], float]
+GEO_NETWORKS = 262_144   # networks in each MaxMind DB of the enrichment workload
+GEO_NETWORKS_TINY = 512
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,19 @@ class Spec:
     per_file: bool
     full: Size
     tiny: Size
+    latency_ms: float | None = None  # rdns: the delaying nameserver's latency; unique addresses every run
+    enrich: bool = False             # the lists and geoip stages' data too
+
+    @property
+    def blocking(self) -> bool:
+        return self.name == "sleep_10ms" or self.latency_ms is not None
+
+
+def _rdns_spec(latency: float, full: Size, tiny: Size) -> Spec:
+    return Spec(f"rdns_{latency:g}ms", ("classify", "rdns"), 16, False, full, tiny, latency_ms=latency)
+
+
+ENRICH_STAGES = ("classify", "lists", "geoip", "rdns")
 
 
 SPECS = (
@@ -77,8 +96,21 @@ SPECS = (
     Spec("small_files", ("classify",), 16, True,
          Size(100, files=1_000, caps={"dramatiq 1/msg": 100}),
          Size(100, files=40, caps={"dramatiq 1/msg": 10})),
+    # Reverse DNS against the delaying nameserver on loopback, a file of unique
+    # addresses per run: every lookup cold. Per-address systems wait for each
+    # answer in turn, so they run on fewer lines (the size column).
+    _rdns_spec(1, Size(50_000, caps={"classic recipe": 10_000, "Pool.imap": 1_000, "dramatiq 1/msg": 5_000}),
+               Size(200, caps={"Pool.imap": 20, "dramatiq 1/msg": 50})),
+    _rdns_spec(10, Size(50_000, caps={"classic recipe": 6_000, "Pool.imap": 300, "dramatiq 1/msg": 3_000}),
+               Size(200, caps={"Pool.imap": 10, "dramatiq 1/msg": 50})),
+    _rdns_spec(100, Size(50_000, caps={"classic recipe": 1_000, "Pool.imap": 60, "dramatiq 1/msg": 600}),
+               Size(200, caps={"classic recipe": 100, "Pool.imap": 4, "dramatiq 1/msg": 32})),
+    # The whole enrichment pipeline, rdns at 10 ms; IntelMQ's pipeline for the same job beside it.
+    Spec("enrich", ENRICH_STAGES, 16, False,
+         Size(50_000, caps={"classic recipe": 6_000, "Pool.imap": 300, "dramatiq 1/msg": 3_000, "IntelMQ": 1_500}),
+         Size(200, caps={"Pool.imap": 10, "dramatiq 1/msg": 50, "IntelMQ": 20}), latency_ms=10, enrich=True),
 )
-SYSTEMS = ("single loop", "classic recipe", "Pool.imap", "dramatiq 1/msg", "dramatiq 1000/msg", "ipspool")
+SYSTEMS = ("single loop", "classic recipe", "Pool.imap", "dramatiq 1/msg", "dramatiq 1000/msg", "IntelMQ", "ipspool")
 DRAMATIQ = ("dramatiq 1/msg", "dramatiq 1000/msg")
 
 
@@ -148,6 +180,16 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+@dataclass(frozen=True)
+class Enrichment:
+    """What the rdns and enrichment workloads run against: the nameserver, the list, the databases."""
+
+    nameserver: str
+    daemon: dict[str, Any]  # config sections for the daemon (its rdns cache is under its spool)
+    baseline: str           # the same as JSON for bench.work.pipeline_for, with a cache directory
+    dbs: tuple[Path, Path] | None
+
+
 class Bench:
     def __init__(self, tiny: bool, repeats: int, work: Path, only: tuple[str, ...]) -> None:
         self.tiny = tiny
@@ -159,6 +201,7 @@ class Bench:
         self.rows: list[Row] = []
         self.scaling: list[Row] = []
         self.skipped: dict[str, str] = {}
+        self.addresses: dict[Path, list[str]] = {}  # unique-address inputs and what they hold
 
     def size(self, spec: Spec) -> Size:
         return spec.tiny if self.tiny else spec.full
@@ -168,6 +211,11 @@ class Bench:
         if reason:
             self.skipped = {s: reason for s in DRAMATIQ}
             progress(f"dramatiq rows skipped: {reason}")
+        if any(s.enrich for s in self.specs):
+            why = intelmq.available()
+            if why:
+                self.skipped["IntelMQ"] = why
+                progress(f"IntelMQ row skipped: {why}")
         with ExitStack() as stack:
             url = None if reason else stack.enter_context(redis_server(self.work))
             for spec in self.specs:
@@ -182,53 +230,94 @@ class Bench:
         ratios measured in the same round stay meaningful.
         """
         with ExitStack() as stack:
-            entrants = self.entrants(spec, url, stack)
+            env = self.enrichment(spec, stack)
             rows = []
-            for system, run, settings in entrants:
-                w = self.inputs.workload(spec, self.size(spec), system.split(" x")[0])
+            for system, run, settings in self.entrants(spec, url, stack, env):
+                w = self.workload_for(spec, system.split(" x")[0], 0, env)
                 rows.append((Row(spec.name, system.split(" x")[0], w.lines, len(w.files), [], settings=settings),
-                             w, run))
+                             run))
             for rep in range(self.repeats):
-                for row, w, run in rows:
+                for row, run in rows:
+                    w = self.workload_for(spec, row.system, rep, env)
                     out = fresh(self.work / "out")
                     row.runs.append(run(w, out))
-                    if rep == 0 and row.system != "ipspool":
-                        check(w, out)
+                    self.verify(spec, w, out, rep, row.system, env)
                     progress(f"  {spec.name:<12} {row.system:<18} {row.settings.get('processes', '')!s:>2} "
                              f"run {rep + 1}: {w.lines / row.runs[-1]:>12,.0f} lines/s")
-        for row, _, _ in rows:
+        for row, _ in rows:
             if row.system != "ipspool" or row.settings["processes"] == self.cores:
                 self.rows.append(row)
             if row.system == "ipspool":
                 self.scaling.append(row)
 
-    def entrants(self, spec: Spec, url: str | None, stack: ExitStack) -> list[tuple[str, Runner, dict[str, Any]]]:
+    def enrichment(self, spec: Spec, stack: ExitStack) -> Enrichment | None:
+        """For the rdns workloads: the delaying nameserver (started on ``stack``), the list and databases."""
+        if spec.latency_ms is None:
+            return None
+        ns, _ = stack.enter_context(nameserver(spec.latency_ms))
+        lists = dbs = None
+        if spec.enrich:
+            lists = self.work / "bench-list.txt"
+            if not lists.exists():
+                lists_file(lists, 200 if self.tiny else 20_000)
+            dbs = geo_dbs(GEO_NETWORKS_TINY if self.tiny else GEO_NETWORKS)
+        return Enrichment(ns, pipeline_config(ns, None, lists, dbs),
+                          config_json(pipeline_config(ns, self.work / "baseline-cache", lists, dbs)), dbs)
+
+    def workload_for(self, spec: Spec, system: str, rep: int, env: Enrichment | None) -> Workload:
+        """The input of one run; for the rdns workloads, addresses no system has seen before."""
+        size = self.size(spec)
+        if env is None:
+            return self.inputs.workload(spec, size, system)
+        lines = min(size.caps.get(system, size.lines), size.lines)
+        path = self.work / "inputs" / f"{spec.name}-{system.replace(' ', '_').replace('/', '_')}-{rep}.txt"
+        if path not in self.addresses:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.addresses[path] = unique_file(path, lines, zlib.crc32(f"{spec.name}/{system}/{rep}".encode()))
+        return Workload(spec.name, spec.stages, (path,), lines, spec.threads, False, config=env.baseline)
+
+    def verify(self, spec: Spec, w: Workload, out: Path, rep: int, system: str, env: Enrichment | None) -> None:
+        """Every record of every rdns run (IntelMQ's runner checks its own); the others' counts once."""
+        if env is None:
+            if rep == 0:
+                check(w, out)
+        elif system != "IntelMQ":
+            check_enriched(out / f"{w.files[0].name}.jsonl", self.addresses[w.files[0]], env.dbs)
+
+    def entrants(self, spec: Spec, url: str | None, stack: ExitStack,
+                 env: Enrichment | None) -> list[tuple[str, Runner, dict[str, Any]]]:
         """(system, how to run it, its settings), with any servers it needs started on ``stack``."""
         found: list[tuple[str, Runner, dict[str, Any]]] = [
             ("single loop", single_loop, {}),
             ("classic recipe", classic_recipe, {"threads": spec.threads}),
         ]
-        w = self.inputs.workload(spec, self.size(spec), "Pool.imap")
-        sample = w if self.tiny or w.lines <= 50_000 else self.inputs.workload(
-            spec, Size(50_000 // (self.size(spec).lines if spec.per_file else 1)), "Pool.imap")
-        chunksize = tune_chunksize(sample, fresh(self.work / "out"))
+        if env is None:
+            w = self.inputs.workload(spec, self.size(spec), "Pool.imap")
+            sample = w if self.tiny or w.lines <= 50_000 else self.inputs.workload(
+                spec, Size(50_000 // (self.size(spec).lines if spec.per_file else 1)), "Pool.imap")
+            chunksize = tune_chunksize(sample, fresh(self.work / "out"))
+        else:
+            chunksize = 1  # each process waits for one answer at a time whatever the chunk
         found.append(("Pool.imap", partial(pool_imap, chunksize=chunksize), {"chunksize": chunksize}))
         if url is not None:
-            # Threads: as many as the daemon's pool for the blocking stage; few
+            # Threads: as many as the daemon's pool for the blocking stages; few
             # for CPU-bound work, where more threads only contend for the GIL.
-            threads = spec.threads if spec.name == "sleep_10ms" else 2
+            threads = spec.threads if spec.blocking else 2
             runner = DramatiqRunner(self.work, url, self.cores, threads)
             runner.start()
             stack.callback(runner.stop)
             for system, batch in (("dramatiq 1/msg", 1), ("dramatiq 1000/msg", 1000)):
                 found.append((system, partial(runner.run, batch=batch), {"processes": self.cores, "threads": threads}))
+        if spec.enrich and env is not None and env.dbs is not None and "IntelMQ" not in self.skipped:
+            pipeline = stack.enter_context(intelmq.running(self.work / "intelmq", env.nameserver, env.dbs[0]))
+            found.append(("IntelMQ", pipeline.run, pipeline.settings()))
         # The worker-count sweep (1..cores) is for the CPU-bound workloads.
         sweep = range(self.cores, 0, -1) if spec.name in ("classify", "cpu_1ms") else [self.cores]
         for processes in sweep:
             root = fresh(self.work / f"daemon-{spec.name}-{processes}")
-            daemon = stack.enter_context(running_daemon(root, spec.stages, processes, spec.threads))
-            found.append((f"ipspool x{processes}", lambda w, _out, d=daemon: d.run(w),
-                          {"processes": processes, "threads": spec.threads}))
+            daemon = stack.enter_context(running_daemon(root, spec.stages, processes, spec.threads,
+                                                        env.daemon if env else None))
+            found.append((f"ipspool x{processes}", daemon.run, {"processes": processes, "threads": spec.threads}))
         return found
 
 

@@ -53,6 +53,7 @@ class Workload:
     lines: int                # total input lines (the throughput unit)
     threads: int = 16         # thread-pool size for systems that have one
     per_file: bool = False    # the unit of work is a file (many small files)
+    config: str = ""          # JSON of further config sections the stages need (bench.work.pipeline_for)
 
     def read_lines(self) -> list[bytes]:
         """Every line of a single-file workload, without newlines."""
@@ -72,7 +73,7 @@ def single_loop(w: Workload, out: Path) -> float:
     """Each file through ``process_chunk`` in one process, one after another."""
     start = time.perf_counter()
     for src in w.files:
-        work_file(w.stages, src, _result(out, src))
+        work_file(w.stages, src, _result(out, src), w.config)
     return time.perf_counter() - start
 
 
@@ -80,15 +81,17 @@ def single_loop(w: Workload, out: Path) -> float:
 # 2. the classic recipe: cpu_count() slices, a Process each, a thread pool in each
 # ---------------------------------------------------------------------------
 
-def _classic_lines(stages: tuple[str, ...], threads: int, items: list[tuple[int, bytes]], part: str) -> None:
+def _classic_lines(stages: tuple[str, ...], config: str, threads: int, items: list[tuple[int, bytes]],
+                   part: str) -> None:
     with ThreadPoolExecutor(threads) as pool:
-        results = list(pool.map(partial(work_line, stages), items))
+        results = list(pool.map(partial(work_line, stages, config=config), items))
     Path(part).write_bytes(b"".join(results))
 
 
-def _classic_files(stages: tuple[str, ...], threads: int, items: list[tuple[Path, Path]], _part: str) -> None:
+def _classic_files(stages: tuple[str, ...], config: str, threads: int, items: list[tuple[Path, Path]],
+                   _part: str) -> None:
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda pair: work_file(stages, *pair), items))
+        list(pool.map(lambda pair: work_file(stages, *pair, config), items))
 
 
 def classic_recipe(w: Workload, out: Path) -> float:
@@ -102,7 +105,8 @@ def classic_recipe(w: Workload, out: Path) -> float:
         items, target = list(enumerate(w.read_lines(), 1)), _classic_lines
     size = math.ceil(len(items) / n)
     parts = [str(out / f".slice{i}") for i in range(n)]
-    procs = [_FORK.Process(target=target, args=(w.stages, w.threads, items[i * size:(i + 1) * size], parts[i]))
+    procs = [_FORK.Process(target=target,
+                           args=(w.stages, w.config, w.threads, items[i * size:(i + 1) * size], parts[i]))
              for i in range(n)]
     for p in procs:
         p.start()
@@ -122,8 +126,8 @@ def classic_recipe(w: Workload, out: Path) -> float:
 # 3. multiprocessing.Pool.imap with a tuned chunksize
 # ---------------------------------------------------------------------------
 
-def _imap_file(stages: tuple[str, ...], pair: tuple[Path, Path]) -> int:
-    return work_file(stages, *pair)
+def _imap_file(stages: tuple[str, ...], config: str, pair: tuple[Path, Path]) -> int:
+    return work_file(stages, *pair, config)
 
 
 def pool_imap(w: Workload, out: Path, chunksize: int) -> float:
@@ -132,12 +136,12 @@ def pool_imap(w: Workload, out: Path, chunksize: int) -> float:
     with _FORK.Pool(os.cpu_count()) as pool:
         if w.per_file:
             pairs = [(src, _result(out, src)) for src in w.files]
-            for _ in pool.imap(partial(_imap_file, w.stages), pairs, chunksize):
+            for _ in pool.imap(partial(_imap_file, w.stages, w.config), pairs, chunksize):
                 pass
         else:
             with open(_result(out, w.files[0]), "wb") as result:
                 items = enumerate(w.read_lines(), 1)
-                for record in pool.imap(partial(work_line, w.stages), items, chunksize):
+                for record in pool.imap(partial(work_line, w.stages, config=w.config), items, chunksize):
                     result.write(record)
     return time.perf_counter() - start
 
@@ -176,7 +180,7 @@ class DaemonRunner:
     """A real ``ipspool run`` on a temporary spool, fed through tmp/ + rename()."""
 
     def __init__(self, root: Path, stages: tuple[str, ...], processes: int, threads: int = 16,
-                 extra: dict[str, dict[str, Any]] | None = None) -> None:
+                 extra: dict[str, Any] | None = None) -> None:
         self.root = root
         self.spool = root / "spool"
         self.results = self.spool / "results"
@@ -189,16 +193,20 @@ class DaemonRunner:
         self.runs = 0
 
     def config_text(self) -> str:
-        sections: dict[str, dict[str, Any]] = {
+        sections: dict[str, Any] = {
             "spool": {"dir": str(self.spool)},
             "workers": {"processes": self.processes, "threads": self.threads},
             "pipeline": {"stages": list(self.stages)},
             "log": {"level": "info", "format": "json", "file": str(self.log)},
         }
         for section, body in self.extra.items():
-            sections[section] = {**sections.get(section, {}), **body}
-        return "".join(f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in body.items())
-                       for name, body in sections.items())
+            sections[section] = body if isinstance(body, list) else {**sections.get(section, {}), **body}
+
+        def table(header: str, body: dict[str, Any]) -> str:
+            return header + "\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in body.items())
+
+        return "".join("".join(table(f"[[{name}]]", item) for item in body) if isinstance(body, list)
+                       else table(f"[{name}]", body) for name, body in sections.items())
 
     def start(self, timeout: float = 60.0) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -250,7 +258,8 @@ class DaemonRunner:
         return moves
 
     def run(self, w: Workload, out: Path | None = None, timeout: float = 900.0) -> float:
-        """Drop every input, wait for every result; the daemon's seconds."""
+        """Drop every input, wait for every result; the daemon's seconds. With ``out``, the
+        results are moved there afterwards (outside the clock) as ``NAME.jsonl``, to be checked."""
         moves = self.stage(w.files)
         start = time.perf_counter()
         for tmp, incoming, _ in moves:
@@ -266,6 +275,9 @@ class DaemonRunner:
                 raise RuntimeError(f"daemon: {len(pending) - at} results missing; see {self.log}")
             time.sleep(0.002)
         took = time.perf_counter() - start
+        if out is not None:
+            for (_, _, result), src in zip(moves, w.files, strict=True):
+                os.rename(result, _result(out, src))
         self.clean()
         return took
 
@@ -291,7 +303,7 @@ class DaemonRunner:
 
 @contextmanager
 def running_daemon(root: Path, stages: tuple[str, ...], processes: int, threads: int = 16,
-                   extra: dict[str, dict[str, Any]] | None = None) -> Iterator[DaemonRunner]:
+                   extra: dict[str, Any] | None = None) -> Iterator[DaemonRunner]:
     daemon = DaemonRunner(root, stages, processes, threads, extra)
     try:
         daemon.start()
@@ -380,7 +392,7 @@ class DramatiqRunner:
         for file_no, src in enumerate(w.files):
             lines = src.read_bytes().decode().split("\n")[:-1]
             for at in range(0, len(lines), batch):
-                dq_tasks.process_batch.send(run, file_no, at + 1, lines[at:at + batch], stages)
+                dq_tasks.process_batch.send(run, file_no, at + 1, lines[at:at + batch], stages, w.config)
             total += len(lines)
         while int(client.get(f"{run}:done") or 0) < total:
             if self.proc is not None and self.proc.poll() is not None:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import random
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
 
 from ipspool.config import ConfigError, parse_config
 from ipspool.pipeline import load_pipeline
+from ipspool.stages import geoip
 from ipspool.stages.geoip import GeoipStage, build
 from tests.support.geodb import asn_db, country_db, write_db
 
@@ -206,3 +209,91 @@ def test_close_releases_the_readers(tmp_path: Path) -> None:
     stage = make_stage(country_db=country_db(tmp_path / "c.mmdb"))
     stage.close()
     assert stage._databases == (None, None)
+
+
+# --- readers: maxminddb-rust first, the maxminddb C extension beside it -----------------
+
+
+def test_maxminddb_rust_is_the_preferred_reader() -> None:
+    """With maxminddb-rust installed (the test extra has it) databases are read through it first."""
+    assert geoip.READERS == ("maxminddb-rust", "maxminddb")
+
+
+def test_each_reader_opens_the_file_with_its_own_library(tmp_path: Path) -> None:
+    """Asked for by name, each implementation reads the file itself; the default is the first."""
+    path = asn_db(tmp_path / "a.mmdb")
+    modules = {name: type(geoip.open_reader(path, name)).__module__.split(".")[0] for name in geoip.READERS}
+    assert modules == {"maxminddb-rust": "maxminddb_rust", "maxminddb": "maxminddb"}
+    assert type(geoip.open_reader(path)).__module__.split(".")[0] == "maxminddb_rust"
+
+
+def _random_databases(directory: Path, count: int, seed: int) -> tuple[str, str, list[str]]:
+    """Country and ASN databases of ``count`` random, partly nested IPv4 and IPv6 networks, and
+    addresses at, inside, beside and far from each."""
+    rng = random.Random(seed)
+    countries: dict[str, dict[str, Any]] = {}
+    asns: dict[str, dict[str, Any]] = {}
+    probes: list[str] = []
+    for n in range(count):
+        if rng.random() < 0.7:
+            net: ipaddress.IPv4Network | ipaddress.IPv6Network = ipaddress.IPv4Network(
+                (rng.getrandbits(32), rng.randint(8, 30)), strict=False)
+        else:
+            net = ipaddress.IPv6Network(((0x2000 << 112) | rng.getrandbits(120), rng.randint(16, 64)), strict=False)
+        countries[str(net)] = {"country": {"iso_code": f"{chr(65 + n % 26)}{chr(65 + n // 26 % 26)}",
+                                           "names": {"de": "Ländchen", "en": f"Land {n}"}}}
+        if n % 3:
+            asns[str(net)] = {"autonomous_system_number": rng.choice((n, 4_200_000_000 + n)),
+                              "autonomous_system_organization": f"AS {n} Ünïcode ✓"}
+        last = net.broadcast_address
+        probes += [str(net.network_address), str(last), str(net.network_address + rng.randrange(net.num_addresses))]
+        if int(last) < (1 << net.max_prefixlen) - 1:
+            probes.append(str(last + 1))
+    probes += [str(ipaddress.IPv4Address(rng.getrandbits(32))) for _ in range(count)]
+    probes += [str(ipaddress.IPv6Address(rng.getrandbits(128))) for _ in range(count // 4)]
+    country = write_db(directory / "country.mmdb", countries, "GeoLite2-Country")
+    return country, write_db(directory / "asn.mmdb", asns, "GeoLite2-ASN"), probes
+
+
+def test_both_readers_give_the_same_records_and_fields_for_many_addresses(tmp_path: Path) -> None:
+    """2,000 random networks, about 9,000 addresses: every raw record and every stage field is the same."""
+    country, asn, probes = _random_databases(tmp_path, 2_000, seed=14)
+    config = parse_config({"geoip": {"country_db": country, "asn_db": asn}})
+    stages = [geoip.build(config, name) for name in geoip.READERS]
+    readers = [[geoip.open_reader(path, name) for path in (country, asn)] for name in geoip.READERS]
+    found = 0
+    for text in probes:
+        address = ip(text)
+        fields = [stage(address) for stage in stages]
+        assert fields[0] == fields[1], text
+        records = [[reader.get(address) for reader in pair] for pair in readers]
+        assert records[0] == records[1], text
+        found += fields[0]["country"] is not None
+    assert len(probes) > 8_000 and found > len(probes) // 3  # most probes are in some network
+
+
+@pytest.mark.parametrize("implementation", ["maxminddb-rust", "maxminddb"])
+@pytest.mark.parametrize(("content", "reason"), [(None, "file not found"), (b"\x00" * 4096, "not a valid MaxMind DB")])
+def test_a_bad_database_reads_the_same_with_either_reader(
+    tmp_path: Path, implementation: str, content: bytes | None, reason: str
+) -> None:
+    """Whichever reader is asked for, a missing or corrupt file is the same ConfigError."""
+    path = tmp_path / "asn.mmdb"
+    if content is not None:
+        path.write_bytes(content)
+    config = parse_config({"geoip": {"asn_db": str(path)}})
+    with pytest.raises(ConfigError) as raised:
+        geoip.build(config, implementation)
+    [problem] = raised.value.problems
+    assert problem.startswith(f"geoip.asn_db: cannot open {path}: {reason}")
+
+
+def test_a_reload_keeps_the_reader_asked_for(tmp_path: Path) -> None:
+    """A database replaced by rename is read again with the same implementation."""
+    path = asn_db(tmp_path / "a.mmdb")
+    stage = geoip.build(parse_config({"geoip": {"asn_db": path}}), "maxminddb")
+    write_db(Path(path), {"192.0.2.0/24": {"autonomous_system_number": 7, "autonomous_system_organization": "New"}},
+             "GeoLite2-ASN")
+    stage.refresh()
+    assert stage(ip("192.0.2.1")) == {"asn": 7, "as_org": "New"}
+    assert type(stage._databases[1].reader).__module__.split(".")[0] == "maxminddb"  # type: ignore[union-attr]
