@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     built = stages(args.networks)
     if len(built) < 2:
-        print("maxminddb-rust is not installed (it is a dependency: pip install -e .): one reader only", file=sys.stderr)
+        print("maxminddb-rust is not installed (a dependency: pip install -e .): one reader only", file=sys.stderr)
     addresses = [ipaddress.ip_address(ip) for ip in unique_addresses(args.lookups, seed=2014)]
     first, *others = built.values()
     for address in addresses:
