@@ -239,3 +239,22 @@ def test_a_symlink_among_the_parts_is_removed_not_followed(sp: Spool, tmp_path: 
     _recover(sp, tmp_path, monkeypatch)
     assert os.listdir(tmp_path / "results" / ".parts") == []
     assert os.listdir(tmp_path / "victim") == ["keep"]
+
+
+@pytest.mark.parametrize("failing", ["results", "active"])
+def test_an_fsync_error_without_a_message_is_logged_by_its_text(sp: Spool, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch, failing: str) -> None:
+    _put(tmp_path, "active", "r")
+    _put(tmp_path, "results", "r.jsonl")
+    real = os.fsync
+    calls = [0]
+
+    def fsync(fd: int) -> None:
+        calls[0] += 1
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(f"/{failing}") and (failing == "results" or calls[0] > 3):
+            raise OSError("bare")
+        real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    with capture_logs() as events:
+        recover(sp, True)
+    assert [(e["file"], e["step"], e["error"]) for e in events][:1] == [(f"{failing}/", "sync", "bare")]

@@ -225,3 +225,9 @@ def test_membership_comes_from_the_group_list_and_is_kept_for_a_minute(monkeypat
     assert users.lookups == 6
     assert check.cache[1001] == (False, 1060.0)
     assert OwnerCheck.TTL == 60.0
+
+
+def test_a_user_whose_primary_group_is_the_producer_group_may_submit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """getgrouplist is given the user's primary group: membership through it alone counts."""
+    Users(monkeypatch, {1005: []})
+    assert OwnerCheck(7)(1005) is True
