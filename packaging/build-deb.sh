@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build packaging/out/ipspool_VERSION_ARCH.deb: a self-contained virtualenv in
 # /usr/lib/ipspool on Debian 12's own python3, plus the unit, sysusers.d and
-# tmpfiles.d files, the packaged configuration, ipspool(8) and bash completion.
+# tmpfiles.d files, the packaged configuration, ipspool(8) and bash and zsh completion.
 # What goes where, and why: docs/packaging.md.
 #
 #   packaging/build-deb.sh              version from pyproject.toml, revision 1
@@ -95,11 +95,13 @@ install -d "$STAGE/etc/ipspool"
 chmod 644 "$STAGE/etc/ipspool/ipspool.toml"
 
 # ipspool(8) and the completion come from the same argparse parser as --help.
-install -d "$STAGE/usr/share/man/man8" "$STAGE/usr/share/bash-completion/completions"
+install -d "$STAGE/usr/share/man/man8" "$STAGE/usr/share/bash-completion/completions" \
+    "$STAGE/usr/share/zsh/vendor-completions"
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$REPO" log -1 --format=%ct 2>/dev/null || date +%s)}
 export SOURCE_DATE_EPOCH
 "$VENV/bin/python3" -m ipspool.tools.manpage | gzip -9n > "$STAGE/usr/share/man/man8/ipspool.8.gz"
 "$VENV/bin/python3" -m ipspool.tools.completion bash > "$STAGE/usr/share/bash-completion/completions/ipspool"
+"$VENV/bin/python3" -m ipspool.tools.completion zsh > "$STAGE/usr/share/zsh/vendor-completions/_ipspool"
 find "$VENV" -name __pycache__ -type d -prune -exec rm -rf {} +
 
 DOC=$STAGE/usr/share/doc/ipspool

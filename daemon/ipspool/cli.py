@@ -60,11 +60,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ipspool.logs import LogTarget, configure_logging
 
     loaded = _discover(args)
-    config = with_log_level(loaded.config, _log_level(args))
+    args.log_level = _log_level(args)  # what -v/-q/--log-level come to: the daemon keeps it across reloads
+    config = with_log_level(loaded.config, args.log_level)
     if args.daemonize:
         from ipspool.daemonize import daemonize
 
-        return daemonize(config, args)
+        return daemonize(config, args, loaded.ignored)
     try:
         log_target = LogTarget(config.log.file)
     except OSError as exc:
@@ -74,7 +75,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ipspool.supervisor import Supervisor
 
     return Supervisor(config, args.config, spool_override=args.spool, log_target=target,
-                      log_level=_log_level(args), ignored=loaded.ignored).run()
+                      log_level=args.log_level, ignored=loaded.ignored).run()
 
 
 # -- submit -----------------------------------------------------------------

@@ -17,7 +17,8 @@ import os
 import sys
 from typing import Any
 
-from ipspool.config import Config, load_config
+from ipspool.config import Config, load_config, with_log_level
+from ipspool.configfiles import Ignored
 from ipspool.exitcodes import ExitCode
 
 __all__ = ["LockedPidfile", "daemonize"]
@@ -63,7 +64,7 @@ class LockedPidfile:
         os.close(self.fd)
 
 
-def daemonize(config: Config, args: argparse.Namespace) -> int:
+def daemonize(config: Config, args: argparse.Namespace, ignored: tuple[Ignored, ...] = ()) -> int:
     # python-daemon's import name is "daemon", which is also the name of our
     # source directory: import it by name so type checkers run from the
     # repository root do not mistake one for the other.
@@ -77,7 +78,7 @@ def daemonize(config: Config, args: argparse.Namespace) -> int:
     log_file = os.path.abspath(config.log.file or str(config.runtime_dir / "ipspool.log"))
     spool = os.path.abspath(args.spool) if args.spool else None
     if spool is not None:
-        config = load_config(args.config, spool=spool)
+        config = with_log_level(load_config(args.config, spool=spool), args.log_level)
     # Every process (workers and the stats Manager too) then opens the file
     # itself and reopens it on SIGUSR1, so logrotate's rename loses nothing.
     config = config.model_copy(update={"log": config.log.model_copy(update={"file": log_file})})
@@ -115,5 +116,6 @@ def daemonize(config: Config, args: argparse.Namespace) -> int:
     )
     with context:
         target = configure_logging(config.log.level, "json", role="supervisor", target=LogTarget(log_file))
-        code = Supervisor(config, args.config, spool_override=spool, log_target=target).run()
+        code = Supervisor(config, args.config, spool_override=spool, log_target=target, log_level=args.log_level,
+                          ignored=ignored).run()
     return code

@@ -428,6 +428,8 @@ def test_an_error_escaping_a_batch_crashes_the_worker_and_the_file_is_poison(
     assert failure["reason"] == "poison" and failure["attempts"] == 2
     crashed = d.events("worker.batch_crashed")
     assert len(crashed) == 2 and all("KeyboardInterrupt" in e["error"] for e in crashed)
+    assert all(e["level"] == "critical" and e["exc_type"] == "KeyboardInterrupt" for e in crashed)
+    assert all(e["traceback"].startswith("Traceback (most recent call last):") for e in crashed)
     died = d.wait_event("worker.died")
     assert died["exit_code"] == ExitCode.INTERNAL_ERROR and died["cause"] == f"exit code {int(ExitCode.INTERNAL_ERROR)}"
     d.drop("fine.txt", "2.2.2.2\n")

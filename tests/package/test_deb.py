@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from ipspool.cli import build_parser
-from ipspool.tools.completion import bash_script
+from ipspool.tools.completion import script
 from tests.support.container import Container
 from tests.support.daemon import REPO, wait_for
 from tests.support.debroot import cached_root, unpack
@@ -142,7 +142,9 @@ def test_install_enables_and_starts_the_service(machine: Container) -> None:
     assert page.startswith(".TH IPSPOOL 8 ") and f'"ipspool {UPSTREAM}"' in page.splitlines()[0]
     assert ".SH NAME" in page and "SIGHUP" in page
     completion = machine.run("cat", "/usr/share/bash-completion/completions/ipspool").stdout
-    assert completion == bash_script(build_parser())
+    assert completion == script("bash", build_parser())
+    zsh = machine.run("cat", "/usr/share/zsh/vendor-completions/_ipspool").stdout
+    assert zsh == script("zsh", build_parser())
     assert "License: MIT" in machine.run("cat", "/usr/share/doc/ipspool/copyright").stdout
     for installed, source in (("/usr/lib/sysusers.d/ipspool.conf", "ipspool.sysusers"),
                               ("/usr/lib/tmpfiles.d/ipspool.conf", "ipspool.tmpfiles")):

@@ -344,7 +344,7 @@ def test_a_halt_kills_every_worker_for_the_reason_halt(tmp_path: Path) -> None:
     """Workers that cannot start stop the pool: the others are killed, marked 'halt'."""
     pool, _, _, _ = make_pool(tmp_path, processes=2)
     first, second = pool.workers.values()
-    die(pool, first, code=ExitCode.WORKER_BOOT_ERROR)
+    die(pool, first, code=int(ExitCode.WORKER_BOOT_ERROR))
     assert second.killed_for == "halt" and proc_of(second).killed
     assert pool.stopping and pool.free_slots() == 0
 

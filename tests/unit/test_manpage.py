@@ -1,4 +1,4 @@
-"""ipspool(8) and the bash completion cover every command, option and exit code of the parser."""
+"""ipspool(8) covers every command, option and exit code of the parser (completion: test_completion.py)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from ipspool.cli import build_parser
 from ipspool.exitcodes import ExitCode
-from ipspool.tools.completion import bash_script
 from ipspool.tools.manpage import render
 
 WHEN = 1_700_000_000.0
@@ -38,11 +36,6 @@ def _roff(text: str) -> str:
 @pytest.fixture(scope="module")
 def page() -> str:
     return render(build_parser(), when=WHEN)
-
-
-@pytest.fixture(scope="module")
-def script() -> str:
-    return bash_script(build_parser())
 
 
 def test_manpage_has_a_section_per_subcommand_with_every_option(page: str) -> None:
@@ -96,53 +89,9 @@ def test_manpage_renders_without_roff_warnings(page: str) -> None:
     assert result.stderr == ""
 
 
-def test_modules_print_the_page_and_the_script() -> None:
-    """`python -m ipspool.tools.manpage` and `ipspool.tools.completion bash` are what the package build runs."""
+def test_module_prints_the_page() -> None:
+    """`python -m ipspool.tools.manpage` is what the package build runs."""
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(int(WHEN))}
     man = subprocess.run([sys.executable, "-m", "ipspool.tools.manpage"], capture_output=True, text=True, env=env,
                          check=True)
     assert man.stdout == render(build_parser(), when=WHEN)
-    bash = subprocess.run([sys.executable, "-m", "ipspool.tools.completion", "bash"], capture_output=True, text=True,
-                          check=True)
-    assert bash.stdout == bash_script(build_parser())
-    wrong = subprocess.run([sys.executable, "-m", "ipspool.tools.completion", "fish"], capture_output=True, text=True,
-                           check=False)
-    assert wrong.returncode == 2
-
-
-def _complete(script: str, words: list[str], cwd: Path) -> list[str]:
-    """COMPREPLY for the command line ``words`` (the last one is being completed)."""
-    quoted = " ".join("'" + w.replace("'", "'\\''") + "'" for w in words)
-    call = f"COMP_WORDS=({quoted}); COMP_CWORD={len(words) - 1}; _ipspool"
-    driver = f"{script}\n{call}; printf '%s\\n' \"${{COMPREPLY[@]}}\"\n"
-    result = subprocess.run(["bash", "--norc", "--noprofile", "-c", driver], capture_output=True, text=True,
-                            cwd=cwd, check=True)
-    return [line for line in result.stdout.splitlines() if line]
-
-
-def test_completion_is_valid_bash(script: str) -> None:
-    """bash -n parses the generated script."""
-    subprocess.run(["bash", "-n"], input=script, text=True, check=True)
-
-
-def test_completion_offers_every_subcommand_and_option(script: str, tmp_path: Path) -> None:
-    """`ipspool <TAB>` lists the subcommands; `ipspool CMD -<TAB>` lists all of CMD's options."""
-    subs = _subparsers(build_parser())
-    assert set(subs) <= set(_complete(script, ["ipspool", ""], tmp_path))
-    assert "--version" in _complete(script, ["ipspool", "--"], tmp_path)
-    for name, sub in subs.items():
-        offered = _complete(script, ["ipspool", name, "-"], tmp_path)
-        assert set(_options(sub)) == set(offered), name
-
-
-def test_completion_completes_files_and_directories_by_metavar(script: str, tmp_path: Path) -> None:
-    """FILE values and arguments complete file names, DIR values directory names, others nothing."""
-    (tmp_path / "ips.txt").write_text("192.0.2.1\n")
-    (tmp_path / "ipspool.toml").write_text("")
-    (tmp_path / "spooldir").mkdir()
-    assert _complete(script, ["ipspool", "submit", "ip"], tmp_path) == ["ips.txt", "ipspool.toml"]
-    assert _complete(script, ["ipspool", "run", "--config", "ipspool."], tmp_path) == ["ipspool.toml"]
-    assert _complete(script, ["ipspool", "status", "-c", "ipspool."], tmp_path) == ["ipspool.toml"]
-    assert _complete(script, ["ipspool", "run", "--spool", "s"], tmp_path) == ["spooldir"]
-    assert _complete(script, ["ipspool", "submit", "--timeout", ""], tmp_path) == []
-    assert _complete(script, ["ipspool", "submit", "--wait", "ip"], tmp_path) == ["ips.txt", "ipspool.toml"]
