@@ -66,6 +66,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return submit_files(_load(args), args.files, wait=args.wait, timeout=args.timeout)
 
 
+# -- process ----------------------------------------------------------------
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from ipspool.oneshot import process_files
+
+    return process_files(_load(args), args.files, args.output)
+
+
 # -- status -----------------------------------------------------------------
 
 _PATIENCE = 1.0  # seconds to wait for a first snapshot (the Manager writes within 0.25 s of a change)
@@ -230,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --wait: give up after this long (0: never)")
     submit.add_argument("files", nargs="+", metavar="FILE", help="files to submit; - reads standard input")
     submit.set_defaults(func=cmd_submit)
+
+    process = command("process", "Run the pipeline on files now, without the daemon; records to standard output.")
+    process.add_argument("--output", "-o", metavar="FILE",
+                         help="write the records to FILE (a temporary name, renamed when whole)")
+    process.add_argument("files", nargs="+", metavar="FILE",
+                         help="inputs, plain or gzip/bzip2/xz/zstd (known by content); - reads standard input")
+    process.set_defaults(func=cmd_process)
 
     status = command("status", "Show live counters and the worker table of the running daemon.")
     status.add_argument("--spool", metavar="DIR", help="spool directory (overrides spool.dir)")

@@ -81,6 +81,10 @@ class SpoolConfig(_Section):
     max_file_bytes: Annotated[int, Field(gt=0, le=MAX_FILE_BYTES)] = Field(
         1 << 30, description="Inputs larger than this go to failed/ unread."
     )
+    max_decompressed_bytes: Annotated[int, Field(gt=0, le=MAX_FILE_BYTES)] = Field(
+        4 << 30, description="A compressed input (gzip, bzip2, xz, zstd) that decompresses to more than this goes "
+                             "to failed/ as decompressed_too_large (a decompression bomb)."
+    )
     max_line_bytes: Annotated[int, Field(gt=0, le=MAX_CHUNK_BYTES)] = Field(
         4096, description="A longer line is an error record; its bytes are never held in memory."
     )

@@ -90,7 +90,7 @@ class Supervisor:
         self.intake = Intake(self.spool, clock, totals, config.spool.max_file_bytes)
         self.committer = Committer(self.spool, clock, self.outage, config.spool.keep_processed,
                                    fail=self.fail_job, committed=self.committed, wake=self.wake)
-        self.book = JobBook(config, self.spool, clock, totals, self.committer, self.outage)
+        self.book = JobBook(config, self.spool, clock, totals, self.committer, self.outage, wake=self.wake)
         self._executor = executor
         self.generation = 0
         self.ready_sent = False
@@ -180,7 +180,8 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self.watcher.stop()
-        self.committer.shutdown()
+        self.committer.shutdown()  # sets Spool.abandon: a decompression stops too
+        self.book.shutdown()
         if self._executor is not None:
             self.executor.kill("shutdown")
             self.executor.close(0)

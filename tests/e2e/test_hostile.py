@@ -296,6 +296,7 @@ WRONG_TYPES: list[tuple[str, str, Any]] = [
     ("spool", "keep_processed", "yes"),
     ("spool", "max_file_bytes", "many"),
     ("spool", "max_line_bytes", "many"),
+    ("spool", "max_decompressed_bytes", "many"),
     ("spool", "rescan_interval", "often"),
     ("spool", "max_output_ratio", "many"),
     ("spool", "check_owner", "yes"),
@@ -345,6 +346,7 @@ WRONG_TYPES: list[tuple[str, str, Any]] = [
 OUT_OF_BOUNDS: list[tuple[str, str, Any, Any]] = [
     ("spool", "max_file_bytes", 0, 1),
     ("spool", "max_line_bytes", 0, 1),
+    ("spool", "max_decompressed_bytes", 0, 1),
     ("spool", "rescan_interval", 0, 1.0),
     ("spool", "max_output_ratio", 0, 1),
     ("spool", "max_output_ratio", 10001, 10000),
