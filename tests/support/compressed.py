@@ -17,7 +17,7 @@ def compress(kind: str, data: bytes) -> bytes:
     """``data`` as a ``kind`` stream (zstd in two frames, gzip in two members: readers must join them)."""
     half = len(data) // 2
     if kind == "gzip":
-        return gzip.compress(data[:half]) + gzip.compress(data[half:])
+        return gzip.compress(data[:half], mtime=0) + gzip.compress(data[half:], mtime=0)
     if kind == "bzip2":
         return bz2.compress(data)
     if kind == "xz":
