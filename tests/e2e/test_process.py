@@ -109,3 +109,21 @@ def test_process_bad_configuration_exits_config_error(tmp_path: Path) -> None:
     run = process("--config", str(config), str(tmp_path / "in.txt"))
     assert run.returncode == ExitCode.CONFIG_ERROR
     assert b"workers.threads" in run.stderr and run.stdout == b""
+
+
+def test_process_with_blocking_user_stages_matches_the_daemon(make_daemon: Callable[..., Daemon],
+                                                              tmp_path: Path) -> None:
+    """User stages (blocking by default) run on each process's thread pool, in line-aligned pieces; the bytes,
+    stage errors included, are still the daemon's."""
+    d = make_daemon(workers={"chunk_bytes": 4096},
+                    pipeline={"stages": ["classify", "tests.support.stagelib:tag", "tests.support.stagelib:boom"]})
+    d.start()
+    data = sample(6_000, seed=11) + b"10.0.0.13\n"
+    (tmp_path / "in.txt").write_bytes(data)
+    d.drop("in.txt", data)
+    d.wait_result("in.txt")
+    run = process("--config", str(d.config_path), str(tmp_path / "in.txt"))
+    assert run.returncode == ExitCode.OK, run.stderr
+    assert run.stdout == d.result_path("in.txt").read_bytes()
+    assert b'"stage_errors":{"tests.support.stagelib:boom"' in run.stdout and b'"tagged":4' in run.stdout
+    assert d.stop() == 0
