@@ -112,3 +112,18 @@ def test_no_room_to_decompress_waits_and_a_stop_leaves_the_input_for_the_next_st
     assert recovered["action"] == "reprocess"
     assert len(d.wait_result("wait.xz")) == 5000
     assert d.stop() == 0
+
+
+def test_term_while_a_large_copy_is_written_stops_and_leaves_the_input_claimed(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """TERM right after the claim of a file that expands to 512 MiB: exit 0 (the copy is abandoned, or the
+    chunks stop), the input stays in active/ for the next start, no copy, part or result is left."""
+    d = make_daemon()
+    d.start()
+    d.drop("huge.zst", compress("zstd", b"\n" * (512 << 20)))
+    d.wait_event("file.claimed", where=lambda e: e["file"] == "huge.zst")
+    d.signal(signal.SIGTERM)
+    assert d.stop() == 0
+    assert (d.spool / "active" / "huge.zst").exists()
+    assert not d.result_path("huge.zst").exists() and parts_left(d) == []
+    assert not (d.results / "huge.zst.summary.json").exists()
