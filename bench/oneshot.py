@@ -2,8 +2,9 @@
 
     python -m bench.oneshot [--lines N] [--rounds R] [--processes P] [--json FILE]
 
-Same input in every row (``bench.inputs``, fixed seed, classify only), rows
-alternated round by round, medians of ``--rounds`` (at least 3):
+Same input in every row (``bench.inputs``, fixed seed, classify only), all
+rows in every round, each round starting at a different row, medians of
+``--rounds`` (at least 3):
 
 - *daemon, plain*: drop the file, wait for its result (the daemon is running);
 - *daemon, gzip*: the same lines gzip-compressed (level 6);
@@ -66,12 +67,18 @@ def measure(root: Path, lines: int, rounds: int, processes: int) -> dict[str, fl
                                                      "process, plain", "process, gzip")}
     with running_daemon(root / "daemon", ("classify",), processes) as daemon:
         config = root / "daemon" / "ipspool.toml"
-        for _ in range(rounds):
-            times["daemon, plain"].append(daemon.run(Workload("plain", ("classify",), (plain,), lines)))
-            times["daemon, gzip"].append(daemon.run(Workload("gzip", ("classify",), (packed,), lines)))
-            times["decompression alone"].append(timed_expand(packed, root / "expanded"))
-            times["process, plain"].append(timed_process(config, plain, root / "out.jsonl"))
-            times["process, gzip"].append(timed_process(config, packed, root / "out.jsonl"))
+        rows = {
+            "daemon, plain": lambda: daemon.run(Workload("plain", ("classify",), (plain,), lines)),
+            "daemon, gzip": lambda: daemon.run(Workload("gzip", ("classify",), (packed,), lines)),
+            "decompression alone": lambda: timed_expand(packed, root / "expanded"),
+            "process, plain": lambda: timed_process(config, plain, root / "out.jsonl"),
+            "process, gzip": lambda: timed_process(config, packed, root / "out.jsonl"),
+        }
+        order = list(rows)
+        for n in range(rounds):
+            # Each round in another order: no row always runs right after the same one.
+            for name in order[n % len(order):] + order[:n % len(order)]:
+                times[name].append(rows[name]())
     medians = {k: statistics.median(v) for k, v in times.items()}
     return {
         "lines": lines, "rounds": rounds, "processes": processes,
