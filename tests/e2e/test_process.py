@@ -127,3 +127,35 @@ def test_process_with_blocking_user_stages_matches_the_daemon(make_daemon: Calla
     assert run.stdout == d.result_path("in.txt").read_bytes()
     assert b'"stage_errors":{"tests.support.stagelib:boom"' in run.stdout and b'"tagged":4' in run.stdout
     assert d.stop() == 0
+
+
+def test_process_draws_a_progress_bar_only_when_stderr_is_a_terminal(tmp_path: Path) -> None:
+    """stderr on a pseudo-terminal: a bar in bytes and files; the records still go to stdout alone."""
+    import pty
+
+    data = sample(3_000)
+    (tmp_path / "in.txt").write_bytes(data)
+    controller, terminal = pty.openpty()
+    try:
+        run = subprocess.run(
+            [sys.executable, "-m", "ipspool", "process", str(tmp_path / "in.txt")], stdout=subprocess.PIPE,
+            stderr=terminal, timeout=120, check=False, env={**os.environ, "PYTHONPATH": python_path()},
+        )
+        os.close(terminal)
+        terminal = -1
+        shown = b""
+        while True:
+            try:
+                piece = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal side is closed and drained
+                break
+            if not piece:
+                break
+            shown += piece
+    finally:
+        if terminal >= 0:
+            os.close(terminal)
+        os.close(controller)
+    assert run.returncode == ExitCode.OK
+    assert f"{len(data)}/{len(data)} bytes, 1/1 files".encode() in shown and b"\r[" in shown
+    assert run.stdout.count(b"\n") > 2_000 and b"bytes" not in run.stdout
