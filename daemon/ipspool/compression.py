@@ -27,7 +27,6 @@ import os
 import threading
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
 __all__ = ["KINDS", "SNIFF_BYTES", "CorruptInput", "NoRoom", "Reader", "TooLarge", "expand", "open_stream", "sniff"]
@@ -47,12 +46,17 @@ _ROOM_EVERY = 64 << 20     # bytes written between two free-space checks
 _OUT_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-@dataclass(frozen=True)
 class CorruptInput(Exception):
-    """The compressed stream is corrupt or truncated (``corrupt_compressed``)."""
+    """The compressed stream is corrupt or truncated (``corrupt_compressed``).
 
-    reason: str
-    detail: str
+    A plain exception, not a frozen dataclass: code that sets an exception's
+    ``__traceback__`` (contextlib, futures) must be able to.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
 
 
 class TooLarge(CorruptInput):
