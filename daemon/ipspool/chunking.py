@@ -21,9 +21,14 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["SCAN_STEP", "Chunk", "count_newlines", "split_file", "split_steps"]
+if TYPE_CHECKING:
+    from ipspool.config import Config
+
+__all__ = ["MIN_SPLIT", "SCAN_STEP", "Chunk", "chunk_bytes_for", "count_newlines", "split_file", "split_steps"]
+
+MIN_SPLIT = 16384  # a lone file smaller than this stays one chunk (see chunk_bytes_for)
 
 _READ_BLOCK = 1 << 20
 SCAN_STEP = 8 << 20  # bytes of an over-long line scanned between two "not yet"s
@@ -49,6 +54,23 @@ class Chunk:
     @property
     def key(self) -> tuple[int, int]:
         return (self.job, self.index)
+
+
+def chunk_bytes_for(config: Config, size: int, waiting: int) -> int:
+    """workers.chunk_bytes, or less so that a file arriving alone uses every worker.
+
+    Files waiting behind it keep the other workers busy; without them, a
+    file under chunk_bytes would be one chunk on one worker, and a slow
+    stage (1 ms of CPU or a 10 ms lookup per address) would leave the
+    other cores idle. Two chunks per worker even out a worker slowed by a
+    noisy neighbour. Below MIN_SPLIT the extra part file and its assembly
+    would cost more than they save. The daemon and ``ipspool process`` both
+    split by it.
+    """
+    limit = config.workers.chunk_bytes
+    if waiting or size <= MIN_SPLIT:
+        return limit
+    return max(4096, min(limit, -(-size // (2 * config.process_count))))
 
 
 def count_newlines(fd: int, start: int, end: int) -> tuple[int, int]:

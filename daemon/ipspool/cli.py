@@ -87,6 +87,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return submit_files(_load(args), args.files, wait=args.wait, timeout=args.timeout, as_json=args.json)
 
 
+# -- process ----------------------------------------------------------------
+
+
+def cmd_process(args: argparse.Namespace) -> int:
+    from ipspool.oneshot import process_files
+
+    return process_files(_load(args), args.files, args.output)
+
+
 # -- status -----------------------------------------------------------------
 
 _PATIENCE = 1.0  # seconds to wait for a first snapshot (the Manager writes within 0.25 s of a change)
@@ -345,6 +354,14 @@ def _submit_options(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("files", nargs="+", metavar="FILE", help="files to submit; - reads standard input")
 
 
+
+def _process_options(process: argparse.ArgumentParser) -> None:
+    process.add_argument("--output", "-o", metavar="FILE",
+                         help="write the records to FILE (a temporary name, renamed when whole)")
+    process.add_argument("files", nargs="+", metavar="FILE",
+                         help="inputs, plain or gzip/bzip2/xz/zstd (known by content); - reads standard input")
+
+
 def _status_options(status: argparse.ArgumentParser) -> None:
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -373,6 +390,8 @@ _COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], Call
                  ...] = (
     ("run", "Run the daemon in the foreground (or --daemonize).", _run_options, cmd_run),
     ("submit", "Hand files to the spool safely (tmp/, fsync, rename into incoming/).", _submit_options, cmd_submit),
+    ("process", "Run the pipeline on files now, without the daemon; records to standard output.",
+     _process_options, cmd_process),
     ("status", "Show live counters and the worker table of the running daemon.", _status_options, cmd_status),
     ("check-config", "Validate the configuration and load every stage.", _check_options, cmd_check_config),
     ("reload", "Validate the configuration, send SIGHUP, wait for the daemon's verdict.", _reload_options,

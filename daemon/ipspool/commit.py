@@ -28,8 +28,9 @@ from ipspool.clock import Clock
 from ipspool.jobs import Job
 from ipspool.logs import get_logger
 from ipspool.outage import DiskOutage
-from ipspool.spool import Spool
+from ipspool.spool import Spool, printable
 from ipspool.states import JobState
+from ipspool.summary import render_summary
 
 __all__ = ["Committer"]
 
@@ -56,6 +57,7 @@ class Committer:
         fail: Callable[[Job, str, str], None],
         committed: Callable[[Job, str], None],
         wake: Callable[[], None],
+        summary_top: int = 10,
     ) -> None:
         self.spool = spool
         self.clock = clock
@@ -64,6 +66,7 @@ class Committer:
         self.fail = fail
         self.committed = committed
         self.wake = wake
+        self.summary_top = summary_top  # spool.summary_top
         self.log = get_logger()
         self.to_commit: list[Job] = []
         self.retry_at = 0.0
@@ -136,6 +139,7 @@ class Committer:
             for p in job.parts.values():
                 self.spool.remove_part(p)
             self.spool.remove_part(part)
+            self.spool.remove_part(self.summary_path(job))
             self.committed(job, result)
 
     def publish_batch(self, batch: list[Job]) -> list[tuple[Job, str, str]]:
@@ -176,15 +180,25 @@ class Committer:
             self.assemble(job)
             return None
         part = job.parts[0] if job.total == 1 else job.assembly.path or ""
+        name = job.claimed.job_name
         try:
-            return part, self.spool.publish_result(part, job.claimed.job_name)
+            summary = self.spool.write_part(f"{job.seq}.summary",
+                                            render_summary(printable(name), printable(job.claimed.name), job.counts,
+                                                           self.summary_top))
+            return part, self.spool.publish_result(part, name, summary)
         except FileExistsError:
-            self.fail(job, "result_exists", "a file we did not write holds the result name; nothing was overwritten")
+            self.spool.remove_part(self.summary_path(job))
+            self.fail(job, "result_exists",
+                      "a file we did not write holds the result or summary name; nothing was overwritten")
         except OSError as exc:
             # Out of space or similar: keep the parts and try the commit again later.
+            self.spool.remove_part(self.summary_path(job))
             self.requeue(job)
             self.delay(str(exc))
         return None
+
+    def summary_path(self, job: Job) -> str:
+        return self.spool.part_path(f"{job.seq}.summary")
 
     def input_changed(self, job: Job) -> bool:
         """Fail a job whose input was written to after its claim (a producer writing in place)."""

@@ -55,6 +55,7 @@ MAX_THREADS = 4096         # workers.threads: per worker
 MAX_CHUNK_BYTES = 1 << 30  # workers.chunk_bytes, and spool.max_line_bytes (a line is read whole)
 MAX_FILE_BYTES = 1 << 40   # spool.max_file_bytes: 1 TiB
 MAX_ATTEMPTS = 100         # workers.max_attempts
+MAX_SUMMARY_TOP = 1000     # spool.summary_top: entries of each top list in a summary
 MAX_INFLIGHT = 2 * MAX_THREADS  # workers.max_inflight: chunks queued to one worker
 MAX_RDNS_TIMEOUT = 60.0    # rdns.timeout: one lookup attempt
 MAX_RDNS_RETRIES = 10      # rdns.retries
@@ -88,8 +89,15 @@ class SpoolConfig(_Section):
     max_file_bytes: Annotated[int, Field(gt=0, le=MAX_FILE_BYTES)] = Field(
         1 << 30, description="Inputs larger than this go to failed/ unread."
     )
+    max_decompressed_bytes: Annotated[int, Field(gt=0, le=MAX_FILE_BYTES)] = Field(
+        4 << 30, description="A compressed input (gzip, bzip2, xz, zstd) that decompresses to more than this goes "
+                             "to failed/ as decompressed_too_large (a decompression bomb)."
+    )
     max_line_bytes: Annotated[int, Field(gt=0, le=MAX_CHUNK_BYTES)] = Field(
         4096, description="A longer line is an error record; its bytes are never held in memory."
+    )
+    summary_top: Annotated[int, Field(ge=1, le=MAX_SUMMARY_TOP)] = Field(
+        10, description="Entries in each top list (classes, lists, countries, ASNs) of RESULTS/NAME.summary.json."
     )
     rescan_interval: Seconds = Field(
         10.0, description="Seconds between scans of incoming/ (inotify can drop events)."

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import os
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ipspool.chunking import Chunk, split_steps
+from ipspool.chunking import MIN_SPLIT, Chunk, chunk_bytes_for, split_steps
 from ipspool.clock import Clock
+from ipspool.compression import SNIFF_BYTES, CorruptInput, NoRoom, sniff
 from ipspool.config import Config
 from ipspool.executor import Executor
+from ipspool.expansion import Expansion
 from ipspool.intake import Intake
 from ipspool.logs import get_logger
 from ipspool.outage import DiskOutage
@@ -35,9 +38,9 @@ from ipspool.protocol import Alert, ChunkKey, Done, Failed, Lost
 from ipspool.spool import LEASED, Claimed, InputRejected, Spool
 from ipspool.states import JobState, advance
 
-__all__ = ["Assembly", "CommitPort", "Job", "JobBook"]
+__all__ = ["MIN_SPLIT", "Assembly", "CommitPort", "Job", "JobBook"]
 
-MIN_SPLIT = 16384  # a lone file smaller than this stays one chunk (see chunk_bytes_for)
+_MAX_EXPANDING = 2  # compressed inputs claimed and not yet decompressed, at most
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -66,6 +69,12 @@ class Job:
     counts: Counter[str] = field(default_factory=Counter)
     alerts_logged: int = 0
     assembly: Assembly = field(default_factory=Assembly)
+    expansion: Expansion | None = None  # a compressed input: its plain copy, split instead of it
+
+    @property
+    def split_size(self) -> int:
+        """Bytes of what is split: the input, or its decompressed copy."""
+        return self.expansion.size if self.expansion is not None else self.claimed.size
 
     @property
     def failed(self) -> bool:
@@ -95,7 +104,7 @@ class CommitPort(Protocol):
 
 class JobBook:
     def __init__(self, config: Config, spool: Spool, clock: Clock, totals: Counter[str],
-                 commits: CommitPort, outage: DiskOutage) -> None:
+                 commits: CommitPort, outage: DiskOutage, wake: Callable[[], None] | None = None) -> None:
         self.config = config
         self.spool = spool
         self.clock = clock
@@ -110,48 +119,114 @@ class JobBook:
         self.delayed: list[tuple[float, Chunk]] = []  # waiting out a disk outage
         self.attempts: Counter[ChunkKey] = Counter()
         self.scanning = False  # a splitter paused inside a long scan: the loop should not wait
+        self.wake = wake  # wakes the loop from the decompression thread
+        # One decompression at a time, off the loop (threads start on first use,
+        # after the forkserver exists).
+        self.expander = ThreadPoolExecutor(1, thread_name_prefix="expand")
 
     # -- opening ----------------------------------------------------------------
 
     def open_job(self, claimed: Claimed, intake: Intake) -> Job | None:
         chunk_bytes = self.chunk_bytes_for(claimed.size, len(intake))
-        fd: int | None = None
-        if claimed.size > chunk_bytes:
-            try:
-                # O_NONBLOCK: a producer's lease on the file must not stall the loop.
-                fd = os.open(claimed.path, _OPEN_FLAGS)
-            except BlockingIOError:
-                intake.reject(claimed.name, claimed.job_name, InputRejected("leased", LEASED))
-                return None
-            except OSError as exc:
-                intake.reject(claimed.name, claimed.job_name,
-                              InputRejected("unreadable", f"cannot open: {exc.strerror}"))
-                return None
+        try:
+            # O_NONBLOCK: a producer's lease on the file must not stall the loop.
+            fd: int | None = os.open(claimed.path, _OPEN_FLAGS)
+            assert fd is not None
+            kind = sniff(os.pread(fd, SNIFF_BYTES, 0)) if claimed.size else None
+        except BlockingIOError:
+            intake.reject(claimed.name, claimed.job_name, InputRejected("leased", LEASED))
+            return None
+        except OSError as exc:
+            intake.reject(claimed.name, claimed.job_name,
+                          InputRejected("unreadable", f"cannot open: {exc.strerror}"))
+            return None
+        if kind is None and claimed.size <= chunk_bytes:
+            os.close(fd)  # one chunk: the worker opens it itself
+            fd = None
         self.seq += 1
-        chunks = split_steps(
-            fd if fd is not None else -1, claimed.size, chunk_bytes, self.config.spool.max_line_bytes,
-            job=self.seq, path=claimed.path, dev=claimed.dev, ino=claimed.ino,
-        )
-        job = Job(self.seq, claimed, chunks, fd, self.clock.monotonic())
+        job = Job(self.seq, claimed, None, fd, self.clock.monotonic())
+        if kind is not None:
+            job.expansion = self.start_expansion(job, kind, len(intake))
+        else:
+            job.chunks = split_steps(
+                fd if fd is not None else -1, claimed.size, chunk_bytes, self.config.spool.max_line_bytes,
+                job=self.seq, path=claimed.path, dev=claimed.dev, ino=claimed.ino,
+            )
         self.jobs[job.seq] = job
         self.totals["files_claimed"] += 1
-        self.log.info("file.claimed", file=claimed.name, job=claimed.job_name, bytes=claimed.size)
+        self.log.info("file.claimed", file=claimed.name, job=claimed.job_name, bytes=claimed.size,
+                      **({"compression": kind} if kind else {}))
         return job
 
-    def chunk_bytes_for(self, size: int, waiting: int) -> int:
-        """workers.chunk_bytes, or less so that a file arriving alone uses every worker.
+    # -- compressed inputs ----------------------------------------------------------
 
-        Files waiting behind it keep the other workers busy; without them, a
-        file under chunk_bytes would be one chunk on one worker, and a slow
-        stage (1 ms of CPU or a 10 ms lookup per address) would leave the
-        other cores idle. Two chunks per worker even out a worker slowed by a
-        noisy neighbour. Below MIN_SPLIT the extra part file and its assembly
-        would cost more than they save.
-        """
-        limit = self.config.workers.chunk_bytes
-        if waiting or size <= MIN_SPLIT:
-            return limit
-        return max(4096, min(limit, -(-size // (2 * self.config.process_count))))
+    def start_expansion(self, job: Job, kind: str, waiting: int) -> Expansion:
+        assert job.fd is not None
+        expansion = Expansion(kind, job.fd, self.spool.part_path(f"{job.seq}.expanded"),
+                              self.config.spool.max_decompressed_bytes, self.config.alerts.disk_low_bytes, waiting)
+        job.fd = None  # the expansion owns it now
+        expansion.start(self.expander, self.spool.abandon, self.wake, self.clock.monotonic())
+        return expansion
+
+    def expanded(self, job: Job) -> bool:
+        """Is the job's plain copy whole and its splitter set up? (False: not yet, or the job failed.)"""
+        expansion = job.expansion
+        assert expansion is not None
+        if expansion.size >= 0:
+            return True  # whole, and split already (or being split)
+        if expansion.running:
+            return False  # the thread wakes the loop when it ends
+        if expansion.future is None:  # waiting out a full disk
+            if self.clock.monotonic() >= expansion.retry_at:
+                expansion.start(self.expander, self.spool.abandon, self.wake, self.clock.monotonic())
+            return False
+        try:
+            size = expansion.outcome()
+            fd = os.open(expansion.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except (CorruptInput, OSError) as exc:
+            self.expansion_failed(job, expansion, exc)
+            return False
+        expansion.close_source()
+        st = os.fstat(fd)
+        job.fd = fd
+        job.chunks = split_steps(
+            fd, size, self.chunk_bytes_for(size, expansion.waiting), self.config.spool.max_line_bytes,
+            job=job.seq, path=expansion.path, dev=st.st_dev, ino=st.st_ino,
+        )
+        self.log.info("file.decompressed", file=job.claimed.name, job=job.claimed.job_name,
+                      compression=expansion.kind, bytes=job.claimed.size, decompressed_bytes=size,
+                      seconds=round(self.clock.monotonic() - expansion.started, 3))
+        return True
+
+    def expansion_failed(self, job: Job, expansion: Expansion, exc: CorruptInput | OSError) -> None:
+        if isinstance(exc, CorruptInput):
+            self.fail_job(job, exc.reason, exc.detail, compression=expansion.kind)
+        elif isinstance(exc, NoRoom):
+            # The disk's fault, not the file's: try again later, like a chunk.
+            wait = self.outage.backoff("decompress", str(exc))
+            expansion.retry_at = self.clock.monotonic() + wait
+            self.log.debug("disk.retry", step="decompress", file=job.claimed.name, delay=round(wait, 3))
+        elif not isinstance(exc, InterruptedError):  # abandoned by a stop: redone at the next start
+            self.fail_job(job, "unreadable", f"decompressing: {exc.strerror or exc}", compression=expansion.kind)
+
+    def drop_expansion(self, job: Job) -> None:
+        """The plain copy is no longer needed (its job is published or failed)."""
+        expansion = job.expansion
+        if expansion is None or expansion.running:
+            return  # a running copy is removed by its thread when the stop abandons it
+        expansion.close_source()
+        self.spool.remove_part(expansion.path)
+
+    def shutdown(self) -> None:
+        """At a stop (after ``Spool.abandon`` is set): a decompression ends within one piece."""
+        self.expander.shutdown(wait=True, cancel_futures=True)
+        for job in self.jobs.values():
+            if job.expansion is not None:
+                job.expansion.close_source()
+
+    def chunk_bytes_for(self, size: int, waiting: int) -> int:
+        """``chunking.chunk_bytes_for`` with this configuration."""
+        return chunk_bytes_for(self.config, size, waiting)
 
     # -- dispatch -----------------------------------------------------------------
 
@@ -178,17 +253,23 @@ class JobBook:
                 return retry
         self.scanning = False
         for job in list(self.jobs.values()):
+            if job.expansion is not None and not job.failed and not self.expanded(job):
+                continue
             if job.chunks is not None and not job.failed:
                 more = self.split_next(job)
                 if more is not None:
                     return more
-        while (claim := intake.claim_next()) is not None:
+        # Compressed inputs beyond a few wait in incoming/, not held open in active/.
+        while self.expanding() < _MAX_EXPANDING and (claim := intake.claim_next()) is not None:
             claimed = intake.inspect(*claim)
             new = self.open_job(claimed, intake) if claimed is not None else None
-            first = self.split_next(new) if new is not None else None
+            first = self.split_next(new) if new is not None and new.chunks is not None else None
             if first is not None:
                 return first
         return None
+
+    def expanding(self) -> int:
+        return sum(job.expansion is not None and job.expansion.size < 0 for job in self.jobs.values())
 
     def live(self, chunk: Chunk) -> bool:
         job = self.jobs.get(chunk.job)
@@ -208,7 +289,7 @@ class JobBook:
             self.scanning = True
             return None
         job.produced += 1
-        if chunk.end >= job.claimed.size:
+        if chunk.end >= job.split_size:
             # The last chunk: knowing it now lets the job commit as soon as
             # its parts are in, without another pull from the splitter.
             self.split_finished(job)
@@ -311,6 +392,7 @@ class JobBook:
     def fail_job(self, job: Job, reason: str, detail: str, **extra: Any) -> None:
         job.move(JobState.FAILED)
         job.close()
+        self.drop_expansion(job)
         self.commits.discard(job)  # chunks still out are discarded as they come back
         for index in range(job.produced):
             self.attempts.pop((job.seq, index), None)
@@ -329,6 +411,7 @@ class JobBook:
     def finished(self, job: Job) -> None:
         """The job's result is published and its input retired."""
         job.move(JobState.DONE)
+        self.drop_expansion(job)
         del self.jobs[job.seq]
         for index in range(job.total or 0):
             self.attempts.pop((job.seq, index), None)

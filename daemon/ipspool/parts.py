@@ -77,7 +77,7 @@ def too_long_record(chunk: Chunk, limit: int) -> tuple[bytes, Counter[str]]:
     finally:
         os.close(fd)
     length = chunk.end - chunk.start - ends_line  # the line, without its newline
-    counts: Counter[str] = Counter(lines=1, invalid=1)
+    counts: Counter[str] = Counter({"lines": 1, "invalid": 1, "error.line_too_long": 1})
     shown = preview.decode("utf-8", "backslashreplace")
     return error_record(chunk.first_line, shown, f"line too long: {length} bytes, limit {limit}"), counts
 

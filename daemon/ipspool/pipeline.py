@@ -331,6 +331,7 @@ def process_lines(  # noqa: PLR0912, PLR0915 - the per-line hot loop, kept inlin
         raw = physical
         if len(raw) > limit:
             counts["invalid"] += 1
+            counts["error.line_too_long"] += 1
             shown = raw[:64].decode("utf-8", "backslashreplace")
             message = f"line too long: {len(raw)} bytes, limit {limit}"
             out.append(error_record(line_no, shown, message))
@@ -348,11 +349,13 @@ def process_lines(  # noqa: PLR0912, PLR0915 - the per-line hot loop, kept inlin
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             counts["invalid"] += 1
+            counts["error.not_utf8"] += 1
             shown = raw.decode("utf-8", "backslashreplace")
             out.append(error_record(line_no, shown, "not valid UTF-8"))
             continue
         if "\x00" in text:
             counts["invalid"] += 1
+            counts["error.nul_byte"] += 1
             out.append(error_record(line_no, text.replace("\x00", "\\x00"), "contains a NUL byte"))
             continue
         try:
@@ -360,6 +363,7 @@ def process_lines(  # noqa: PLR0912, PLR0915 - the per-line hot loop, kept inlin
             parsed = fast_parse_classify(text)
         except ValueError as exc:
             counts["invalid"] += 1
+            counts["error.not_an_address"] += 1
             out.append(error_record(line_no, text, f"not an IP address: {exc}"))
             continue
         record: dict[str, Any] = {"line": line_no, "input": text, "ip": parsed[0]}
@@ -370,6 +374,13 @@ def process_lines(  # noqa: PLR0912, PLR0915 - the per-line hot loop, kept inlin
             counts["class." + cls] += 1
         if "stage_errors" in record:
             counts["stage_errors"] += 1
+        # Per-file only (the summary beside the result): never in the daemon's totals.
+        country = record.get("country")
+        if isinstance(country, str):
+            counts["country." + country] += 1
+        asn = record.get("asn")
+        if isinstance(asn, int):
+            counts["asn." + str(asn)] += 1
         listed = record.get("lists")
         if listed:
             for name in listed:

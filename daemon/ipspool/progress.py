@@ -17,12 +17,13 @@ class Progress:
     """
 
     def __init__(self, total_lines: int, total_files: int, stream: TextIO | None = None,
-                 every: float = 1.0) -> None:
+                 every: float = 1.0, unit: str = "lines") -> None:
         self.total_lines = total_lines
         self.total_files = total_files
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = every
+        self.unit = unit  # what total_lines counts (``ipspool process`` counts bytes)
         self.done: tuple[int, int] = (-1, -1)
         self._last = 0.0
 
@@ -31,7 +32,7 @@ class Progress:
         if (lines, files) == self.done and (not self.tty or now - self._last < self.every):
             return
         self.done, self._last = (lines, files), now
-        counts = f"{lines}/{self.total_lines} lines, {files}/{self.total_files} files"
+        counts = f"{lines}/{self.total_lines} {self.unit}, {files}/{self.total_files} files"
         if self.tty:
             width = 30
             filled = width * lines // max(1, self.total_lines) if self.total_lines else width * files // max(

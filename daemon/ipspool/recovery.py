@@ -7,6 +7,9 @@ Run once, before any worker starts, on a ``Spool`` that is open:
   to its part has two links);
 - active/JOB with failed/JOB.error.json that we wrote for JOB: finish moving
   it to failed/;
+- active/JOB with results/JOB.summary.json of ours but no results/JOB.jsonl:
+  the commit was cut between the two links (the summary goes first), so the
+  summary is removed and the job processed again;
 - active/JOB with results/JOB.jsonl that we could have written (a regular
   file of ours with one link): published before the crash, so only step 3
   (retire) is left. Anything else at that name (a symlink, another user's
@@ -32,7 +35,16 @@ import orjson
 
 from ipspool.fsops import rename_noreplace_at
 from ipspool.logs import get_logger
-from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIX, Spool, entry_exists, fsync_dir, job_entries, printable
+from ipspool.spool import (
+    ERROR_SUFFIX,
+    RESULT_SUFFIX,
+    SUMMARY_SUFFIX,
+    Spool,
+    entry_exists,
+    fsync_dir,
+    job_entries,
+    printable,
+)
 
 __all__ = ["Recovered", "recover"]
 
@@ -47,6 +59,7 @@ class Recovered:
     finished: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     renamed: bool = False
+    unlinked: bool = False  # a summary without its result was removed from results/
 
 
 def recover(spool: Spool, keep: bool) -> tuple[list[str], list[str], list[str]]:
@@ -104,6 +117,10 @@ class _Recovery:
             self.spool.retire_input(job_name, self.keep)
             out.finished.append(job_name)
             return
+        if self.own_file("results", job_name + SUMMARY_SUFFIX) is not None:
+            self.step = "summary"
+            os.unlink(job_name + SUMMARY_SUFFIX, dir_fd=self.fds["results"])
+            out.unlinked = True
         if self.name_conflicts(job_name):
             self.step = "rename"
             new_name = self.spool.unique_job_name(job_name)
@@ -127,7 +144,7 @@ class _Recovery:
     def sync(self, out: Recovered) -> None:
         # Destination directories first, active/ last: an input is never
         # durably gone from active/ while not yet durably where it went.
-        syncs = [("done", self.keep and bool(out.finished)), ("failed", bool(out.failed)),
+        syncs = [("results", out.unlinked), ("done", self.keep and bool(out.finished)), ("failed", bool(out.failed)),
                  ("active", bool(out.finished or out.failed or out.renamed))]
         for where, needed in syncs:
             if needed:

@@ -29,6 +29,7 @@ from ipspool.metrics import Metrics, Snapshot
 from ipspool.metrics_http import MetricsServer
 from ipspool.notify import Notifier
 from ipspool.stats import StatsClient, StatsManager, start_manager
+from ipspool.summary import PER_FILE_PREFIXES
 
 __all__ = ["Picture", "Reporter", "StatsLink"]
 
@@ -175,7 +176,7 @@ class Reporter:
 
     def file_done(self, job: Job, result: str) -> None:
         now = self.clock.monotonic()
-        self.totals.update(job.counts)
+        self.totals.update({k: n for k, n in job.counts.items() if not k.startswith(PER_FILE_PREFIXES)})
         self.totals["files_done"] += 1
         self.totals["bytes"] += job.claimed.size
         if self.metrics:

@@ -1,7 +1,7 @@
 """The on-disk protocol: every move of a file through the spool.
 
     tmp/ -> incoming/ -> active/ -> done/ (or deleted) | failed/ + NAME.error.json
-    results/NAME.jsonl (written in results/.parts/, fsync'd, linked in)
+    results/NAME.jsonl and NAME.summary.json (written in results/.parts/, fsync'd, linked in)
 
 rename() within one filesystem is the commit point of every step, and each
 step is made durable (file fsync, then the directories it touched) before the
@@ -10,14 +10,17 @@ state that start-up recovery (``Spool.recover``) finishes without loss or
 duplication:
 
 1. the result is written to a part file and fsync'd;
-2. it is linked to results/JOB.jsonl (link() never overwrites) and results/
-   is fsync'd: from here on the result exists, and recovery sees it;
+2. its summary is linked to results/JOB.summary.json, then the result to
+   results/JOB.jsonl (link() never overwrites), and results/ is fsync'd once
+   for both: from here on the result exists, and recovery sees it; a summary
+   found without its result was cut short here, and recovery removes it;
 3. the input is renamed active/JOB -> done/JOB (or unlinked) and both
    directories are fsync'd.
 
 A job's name is the input's name, made unique at claim time: it is free only
 if every name derived from it is (``job_entries``: active/JOB, done/JOB,
-failed/JOB, failed/JOB.error.json, results/JOB.jsonl), and a name ending in
+failed/JOB, failed/JOB.error.json, results/JOB.jsonl, results/JOB.summary.json),
+and a name ending in
 ``.error.json`` is never a job's, so no input in failed/ can ever stand where
 another job's error record goes. results/JOB.jsonl and failed/JOB.error.json
 therefore belong to exactly one input, and a crash between steps 2 and 3 is
@@ -63,6 +66,7 @@ __all__ = [
 
 SUBDIRS = ("tmp", "incoming", "active", "done", "failed")
 RESULT_SUFFIX = ".jsonl"
+SUMMARY_SUFFIX = ".summary.json"
 ERROR_SUFFIX = ".error.json"
 PARTS = ".parts"
 _COPY_PIECE = 64 << 20
@@ -133,6 +137,7 @@ def job_entries(job_name: str) -> tuple[tuple[str, str], ...]:
         ("failed", job_name),
         ("failed", job_name + ERROR_SUFFIX),
         ("results", job_name + RESULT_SUFFIX),
+        ("results", job_name + SUMMARY_SUFFIX),
     )
 
 
@@ -572,19 +577,49 @@ class Spool:
                 pass  # copied already; a stale part is cleaned at the next start
         return size
 
-    def publish_result(self, part: str, job_name: str) -> str:
-        """Link a finished part in as results/JOB.jsonl; never overwrites."""
+    def write_part(self, token: str, data: bytes) -> str:
+        """A small part file written whole and fsync'd (a summary); one left by an earlier try is replaced."""
+        name = os.path.basename(self.part_path(token))
+        try:
+            os.unlink(name, dir_fd=self.fds["parts"])
+        except FileNotFoundError:
+            pass
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640,
+                     dir_fd=self.fds["parts"])
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        return self.part_path(token)
+
+    def publish_result(self, part: str, job_name: str, summary: str | None = None) -> str:
+        """Link the summary in as results/JOB.summary.json, then the part as results/JOB.jsonl; never
+        overwrites. The summary goes first: one seen alone is a commit cut short (recovery removes it)."""
         result = job_name + RESULT_SUFFIX
-        os.link(
-            os.path.basename(part), result,
-            src_dir_fd=self.fds["parts"], dst_dir_fd=self.fds["results"], follow_symlinks=False,
-        )
+        if summary is not None:
+            os.link(os.path.basename(summary), job_name + SUMMARY_SUFFIX,
+                    src_dir_fd=self.fds["parts"], dst_dir_fd=self.fds["results"], follow_symlinks=False)
+        try:
+            os.link(
+                os.path.basename(part), result,
+                src_dir_fd=self.fds["parts"], dst_dir_fd=self.fds["results"], follow_symlinks=False,
+            )
+        except OSError:
+            if summary is not None:
+                self._unlink_result_entry(job_name + SUMMARY_SUFFIX)
+            raise
         return str(self.results / result)
 
     def unpublish(self, job_name: str) -> None:
-        """Take back a result link whose directory fsync failed (the part keeps the data)."""
+        """Take back the links of a result whose directory fsync failed (the parts keep the data):
+        the result first, so a summary is never left standing for a result that is gone."""
+        self._unlink_result_entry(job_name + RESULT_SUFFIX)
+        self._unlink_result_entry(job_name + SUMMARY_SUFFIX)
+
+    def _unlink_result_entry(self, entry: str) -> None:
         try:
-            os.unlink(job_name + RESULT_SUFFIX, dir_fd=self.fds["results"])
+            os.unlink(entry, dir_fd=self.fds["results"])
         except FileNotFoundError:
             pass
 

@@ -94,8 +94,9 @@ class Supervisor:
         self.outage = DiskOutage(clock, config.results_dir)
         self.intake = Intake(self.spool, clock, totals, config.spool.max_file_bytes)
         self.committer = Committer(self.spool, clock, self.outage, config.spool.keep_processed,
-                                   fail=self.fail_job, committed=self.committed, wake=self.wake)
-        self.book = JobBook(config, self.spool, clock, totals, self.committer, self.outage)
+                                   fail=self.fail_job, committed=self.committed, wake=self.wake,
+                                   summary_top=config.spool.summary_top)
+        self.book = JobBook(config, self.spool, clock, totals, self.committer, self.outage, wake=self.wake)
         self._executor = executor
         self.generation = 0
         self.ready_sent = False
@@ -197,7 +198,8 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self.watcher.stop()
-        self.committer.shutdown()
+        self.committer.shutdown()  # sets Spool.abandon: a decompression stops too
+        self.book.shutdown()
         if self._executor is not None:
             self.executor.kill("shutdown")
             self.executor.close(0)
@@ -417,6 +419,7 @@ class Supervisor:
         self.intake.max_file_bytes = new.spool.max_file_bytes
         self.intake.owner_ok = owner_check(new, self.config_path, self.intake.owner_ok)
         self.committer.keep_processed = new.spool.keep_processed
+        self.committer.summary_top = new.spool.summary_top
         self.generation += 1
         self.executor.reconfigure(new, self.generation)
         self.reload_pending = True

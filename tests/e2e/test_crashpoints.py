@@ -165,7 +165,7 @@ def test_known_finding_is_gone(exploration: str, finding: str, request: pytest.F
 
 FULL_PLAN = [("basic", "supervisor"), ("failing", "supervisor"), ("rejected", "supervisor"),
              ("multichunk", "supervisor"), ("recovery", "supervisor"), ("basic", "worker"),
-             ("multichunk", "worker")]
+             ("multichunk", "worker"), ("compressed", "supervisor")]
 FULL_KNOWN = {
     "stuck-until-restart",  # a failure record that cannot be written waits for the next start
     "fsync-error-then-trusted", "done-never-resynced",  # as in KNOWN above
@@ -178,6 +178,26 @@ FULL_KNOWN = {
 def test_full_exploration(scenario: str, role: str, workdir: Path) -> None:
     """Every call x kill, EIO, ENOSPC, EDQUOT: every point exact, every failure a known finding."""
     done = explore(workdir, scenario, role, ["kill", "EIO", "ENOSPC", "EDQUOT"], f"{scenario}/{role}/full")
+    for finding, where in sorted(done.findings.items()):
+        print(f"  {finding}: {len(where)} points, e.g. {where[0]}")
+    unknown = {f: w for f, w in done.findings.items() if f not in FULL_KNOWN and f not in cp.ALLOWED}
+    assert not unknown, json.dumps(unknown, indent=1)
+
+
+def _decompression_or_commit(target: cp.Target) -> bool:
+    """A call on the plain copy of a compressed input, on a summary, or on a result's link."""
+    return any(mark in target.call.text for mark in (".expanded", ".summary", ".jsonl"))
+
+
+@pytest.mark.crashpoints_full
+@pytest.mark.timeout(3600)
+def test_compressed_input_and_summary_commit_survive_a_kill_at_each_step(workdir: Path) -> None:
+    """A gzip input split into chunks: SIGKILL (and ENOSPC) at every call writing or syncing its decompressed
+    copy, writing or linking its summary and linking its result; every point exact, the audit holds (one result,
+    byte-identical, beside its summary), and rule S (summary linked before result) holds on every trace."""
+    done = explore(workdir, "compressed", "supervisor", ["kill", "ENOSPC"], "compressed/supervisor/commit",
+                   select=_decompression_or_commit)
+    assert done.results, "no call on the copy, the summary or the result was recorded"
     for finding, where in sorted(done.findings.items()):
         print(f"  {finding}: {len(where)} points, e.g. {where[0]}")
     unknown = {f: w for f, w in done.findings.items() if f not in FULL_KNOWN and f not in cp.ALLOWED}

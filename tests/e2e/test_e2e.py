@@ -103,7 +103,8 @@ def test_term_mid_work_then_restart_loses_and_duplicates_nothing(make_daemon: Ca
         check_result(d.wait_result(name, timeout=120), lines)
     assert d.stop() == 0
     results = sorted(p.name for p in d.results.iterdir() if p.is_file())
-    assert results == sorted(f"{name}.jsonl" for name in inputs)  # no duplicates, nothing partial
+    # No duplicates, nothing partial, every result with its summary.
+    assert results == sorted(f"{name}{suffix}" for name in inputs for suffix in (".jsonl", ".summary.json"))
     assert not list((d.results / ".parts").iterdir())
 
 

@@ -177,7 +177,10 @@ def test_awkward_names(make_daemon: Callable[..., Daemon]) -> None:
             continue  # no room for ".jsonl": shortened, below
         assert d.result_path(name).exists(), name
         assert records_of(d.result_path(name))[0]["ip"] == f"10.2.0.{i}"
-    long_results = [p for p in d.results.iterdir() if p.name.startswith("x" * 200)]
+    long_results = [p for p in d.results.iterdir() if p.name.startswith("x" * 200) and p.suffix == ".jsonl"]
+    long_summaries = [p for p in d.results.iterdir() if p.name.startswith("x" * 200) and p.suffix == ".json"]
+    assert [p.name for p in long_summaries] == [long_results[0].name[:-len(".jsonl")] + ".summary.json"]
+    assert len(os.fsencode(long_summaries[0].name)) <= 255
     assert len(long_results) == 1 and len(os.fsencode(long_results[0].name)) <= 255
     assert long_results[0].name.endswith(".1.jsonl")
     logged = {e["file"] for e in d.events("file.done")}
@@ -297,6 +300,8 @@ WRONG_TYPES: list[tuple[str, str, Any]] = [
     ("spool", "keep_processed", "yes"),
     ("spool", "max_file_bytes", "many"),
     ("spool", "max_line_bytes", "many"),
+    ("spool", "max_decompressed_bytes", "many"),
+    ("spool", "summary_top", "ten"),
     ("spool", "rescan_interval", "often"),
     ("spool", "max_output_ratio", "many"),
     ("spool", "check_owner", "yes"),
@@ -347,6 +352,9 @@ WRONG_TYPES: list[tuple[str, str, Any]] = [
 OUT_OF_BOUNDS: list[tuple[str, str, Any, Any]] = [
     ("spool", "max_file_bytes", 0, 1),
     ("spool", "max_line_bytes", 0, 1),
+    ("spool", "max_decompressed_bytes", 0, 1),
+    ("spool", "summary_top", 0, 1),
+    ("spool", "summary_top", 1001, 1000),
     ("spool", "rescan_interval", 0, 1.0),
     ("spool", "max_output_ratio", 0, 1),
     ("spool", "max_output_ratio", 10001, 10000),

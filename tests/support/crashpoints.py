@@ -39,6 +39,7 @@ otherwise the point is reported as inexact, never silently counted.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
@@ -87,6 +88,7 @@ class Expected:
     result: bytes | None = None
     reason: str | None = None
     input: bytes | None = None   # the input's bytes, to check what reaches done/ is untouched
+    summary: bytes | None = None  # RESULTS/NAME.summary.json beside the result
 
 
 @dataclass
@@ -147,6 +149,11 @@ def audit_spool(  # noqa: PLR0912 - one branch per promise, in the order docs/du
                 problem(f"{name}: result, and the input in failed/")
             if want.input is not None and kept.is_file() and kept.read_bytes() != want.input:
                 problem(f"{name}: the input in done/ is not the input submitted")
+            summary = results / f"{name}.summary.json"
+            if not summary.is_file():
+                problem(f"{name}: a result without its summary")
+            elif want.summary is not None and summary.read_bytes() != want.summary:
+                problem(f"{name}: summary differs from the uninterrupted run")
         else:
             try:
                 reason = str(json.loads(error.read_bytes())["reason"])
@@ -163,7 +170,8 @@ def audit_spool(  # noqa: PLR0912 - one branch per promise, in the order docs/du
             elif reason != want.reason:
                 report.notes.append(f"{name}: failed with {reason}, the uninterrupted run with {want.reason}")
     # nothing else anywhere: no duplicate, no half-done work, no temporary file
-    want_results = {f"{n}.jsonl" for n in report.outcomes if report.outcomes[n] == "result"}
+    want_results = {f"{n}{suffix}" for n in report.outcomes if report.outcomes[n] == "result"
+                    for suffix in (".jsonl", ".summary.json")}
     extra = [e for e in _entries(results) if e != ".parts" and e not in want_results]
     if extra:
         problem(f"results/ holds what belongs to no input (duplicates?): {extra[:8]}")
@@ -203,7 +211,9 @@ def read_expected(spool: Path, results: Path, inputs: Mapping[str, bytes | None]
         result = results / f"{name}.jsonl"
         error = spool / "failed" / f"{name}.error.json"
         if result.is_file():
-            out[name] = Expected(result=result.read_bytes(), input=data)
+            summary = results / f"{name}.summary.json"
+            out[name] = Expected(result=result.read_bytes(), input=data,
+                                 summary=summary.read_bytes() if summary.is_file() else None)
         elif error.is_file():
             out[name] = Expected(reason=str(json.loads(error.read_bytes())["reason"]), input=data)
         else:
@@ -496,7 +506,10 @@ def order_audit(  # noqa: PLR0912 - one branch per kind of step
       failed/ fsync'd between that rename (or the start of the trace) and
       X's move to failed/;
     - D retire: after X moved to done/, done/ is fsync'd successfully before
-      active/ is.
+      active/ is;
+    - S summary: results/X.summary.json is linked before results/X.jsonl (a
+      summary alone is a commit cut short, which recovery removes; a result
+      alone would be a result without its summary).
     """
     d = {sub: str(spool / sub) for sub in ("incoming", "active", "done", "failed")}
     res = str(results)
@@ -514,6 +527,7 @@ def order_audit(  # noqa: PLR0912 - one branch per kind of step
 
     claims: dict[str, int] = {}
     links: dict[str, int] = {}
+    summaries: dict[str, int] = {}
     records: dict[str, int] = {}
     written: dict[str, int] = {}   # path -> index of its last data write
 
@@ -547,8 +561,13 @@ def order_audit(  # noqa: PLR0912 - one branch per kind of step
             retired(c.string(1) or "", i, "unlinked from active/")
         elif n == "linkat" and c.fd_path(2) == res:
             result = c.string(3) or ""
+            if result.endswith(".summary.json"):
+                summaries[result[: -len(".summary.json")]] = i
+                continue
             job = result[: -len(".jsonl")] if result.endswith(".jsonl") else result
             links[job] = i
+            if not 0 <= summaries.get(job, -1) < i:
+                problems.append(f"S {job}: result linked (call {i}) with no summary linked before it")
             if job in claims:
                 for sub in ("incoming", "active"):
                     need("C", d[sub], claims[job], i, f"{job}: result linked (call {i}) after its claim")
@@ -643,6 +662,9 @@ def scenarios() -> dict[str, Scenario]:
         "multichunk": Scenario("multichunk", {"many.txt": ip_lines(3600, 3)},
                                settings={"workers": {"chunk_bytes": 4096}}),
         "recovery": Scenario("recovery", {}, prepare=_recovery_prepare, preplaced=recovery_inputs),
+        # Decompressed into the parts folder, then split into chunks (docs/inputs.md).
+        "compressed": Scenario("compressed", {"packed.txt": gzip.compress(ip_lines(3600, 4), mtime=0)},
+                               settings={"workers": {"chunk_bytes": 4096}}),
     }
 
 
@@ -1055,7 +1077,8 @@ class Explorer:
         paths = [str(s), *(str(s / sub) for sub in ("tmp", "incoming", "active", "done", "failed", "results")),
                  str(s / "results" / ".parts"), str(s / ".ipspool"), str(s / ".ipspool" / "authkey"),
                  str(run.log_path)]
-        paths += [str(s / "results" / ".parts" / f"{j}.assembled") for j in range(1, self.scenario.jobs + 1)]
+        paths += [str(s / "results" / ".parts" / f"{j}.{kind}") for j in range(1, self.scenario.jobs + 1)
+                  for kind in ("assembled", "expanded", "summary")]
         if worker_pid is not None:
             chunks = max((len(d) // 4096 + 2 for d in self.scenario.inputs.values()), default=2)
             paths += [str(s / "results" / ".parts" / f"{worker_pid}.{j}.{i}.part")

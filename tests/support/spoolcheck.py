@@ -72,7 +72,7 @@ def audit(d: Daemon, inputs: dict[str, list[str]], allowed_failures: tuple[str, 
         records = records_of(result)
         assert [r["line"] for r in records] == list(range(1, len(lines) + 1)), f"{name}: records out of order"
         assert [r["input"] for r in records] == lines, f"{name}: records do not match the input"
-    expected = {f"{name}.jsonl" for name in inputs if name not in failures}
+    expected = {f"{name}{suffix}" for name in inputs if name not in failures for suffix in (".jsonl", ".summary.json")}
     present = {p.name for p in d.results.iterdir() if p.is_file() or p.is_symlink()}
     assert present == expected, f"unexpected results: {sorted(present ^ expected)[:10]}"
     assert not list((d.spool / "active").iterdir()), "left in active/"

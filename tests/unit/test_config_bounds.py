@@ -16,6 +16,8 @@ DAY = 86_400.0
 BOUNDS: list[tuple[str, str, int | float, int | float]] = [
     ("spool", "max_file_bytes", 1 << 40, (1 << 40) + 1),
     ("spool", "max_line_bytes", 1 << 30, (1 << 30) + 1),
+    ("spool", "max_decompressed_bytes", 1 << 40, (1 << 40) + 1),
+    ("spool", "summary_top", 1000, 1001),
     ("spool", "rescan_interval", DAY, DAY + 0.5),
     ("spool", "max_output_ratio", 10_000, 10_001),
     ("workers", "processes", 1024, 1025),

@@ -165,8 +165,9 @@ def test_an_existing_result_is_never_overwritten(tmp_path: Path) -> None:
     finish_all(sup, executor)
     sup.committer.commit()
     assert recorder.failed == [
-        ("f", "result_exists", "a file we did not write holds the result name; nothing was overwritten")]
+        ("f", "result_exists", "a file we did not write holds the result or summary name; nothing was overwritten")]
     assert (sup.config.results_dir / "f.jsonl").read_bytes() == b"theirs\n"
+    assert not (sup.config.results_dir / "f.summary.json").exists()  # linked first, taken back with the failure
 
 
 def test_a_publish_on_a_full_disk_keeps_the_job_queued_with_back_off(

@@ -86,6 +86,11 @@ def expected_record(raw: bytes, line_no: int, pipeline: Pipeline) -> dict[str, A
     return record
 
 
+# The kind each error record is counted under (the summary's errors_by_kind), by its message.
+ERROR_KINDS = {"line too long": "line_too_long", "not valid UTF-8": "not_utf8", "contains a NUL byte": "nul_byte",
+               "not an IP address": "not_an_address"}
+
+
 def expected_chunk(data: bytes, first_line: int, pipeline: Pipeline) -> tuple[list[dict[str, Any]], Counter[str]]:
     """The records (in order) and the counts a chunk should give."""
     lines = physical_lines(data)
@@ -94,6 +99,8 @@ def expected_chunk(data: bytes, first_line: int, pipeline: Pipeline) -> tuple[li
     counts["skipped"] = len(lines) - len(records)
     for record in records:
         counts["invalid" if "error" in record else "valid"] += 1
+        if "error" in record:
+            counts["error." + ERROR_KINDS[record["error"].split(":")[0]]] += 1
         if isinstance(record.get("class"), str):
             counts["class." + record["class"]] += 1
         counts["stage_errors"] += "stage_errors" in record
@@ -219,6 +226,7 @@ def test_classify_record_bytes_are_pinned() -> None:
             "lines": 4,
             "valid": 3,
             "invalid": 1,
+            "error.not_an_address": 1,
             "class.global": 1,
             "class.reserved": 1,
             "class.link_local": 1,

@@ -61,7 +61,7 @@ def test_a_job_reaching_the_commit_queue_twice_is_published_once(tmp_path: Path)
     supervisor.committer.commit()
     settle(supervisor)
     supervisor.committer.commit()
-    assert sorted(os.listdir(tmp_path / "spool" / "results")) == [".parts", "big.jsonl"]
+    assert sorted(os.listdir(tmp_path / "spool" / "results")) == [".parts", "big.jsonl", "big.summary.json"]
     assert (tmp_path / "spool" / "results" / "big.jsonl").read_bytes() == b'{"line":1}\n{"line":2}\n{"line":3}\n'
     assert os.listdir(tmp_path / "spool" / "failed") == []
     assert os.listdir(tmp_path / "spool" / "done") == ["big"]

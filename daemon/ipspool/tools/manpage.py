@@ -112,7 +112,8 @@ def _option_item(option: Option) -> list[str]:
 EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.OK: "Success; for run, a graceful stop (first or second TERM or INT).",
     ExitCode.FAILURE: "submit \\-\\-wait: a file failed or timed out; reload: no verdict in time; "
-                      "run \\-\\-daemonize: the pidfile is locked.",
+                      "run \\-\\-daemonize: the pidfile is locked; process: an input is missing, unreadable "
+                      "or corrupt (the reason is on standard error).",
     ExitCode.USAGE: "The command line is wrong.",
     ExitCode.WORKER_BOOT_ERROR: "run: workers cannot start (a stage fails to load in the worker, or workers die "
                                 "before they are ready). The daemon halts instead of restarting them in a loop.",
