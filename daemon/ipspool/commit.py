@@ -76,6 +76,11 @@ class Committer:
 
     # -- the queue ----------------------------------------------------------
 
+    def reconfigure(self, keep_processed: bool, summary_top: int) -> None:
+        """A reload: what to do with processed inputs, and how long the summaries' top lists are."""
+        self.keep_processed = keep_processed
+        self.summary_top = summary_top
+
     def queue(self, job: Job) -> None:
         """Put a job on the commit queue once, however many paths lead there."""
         if job.state is JobState.COMPLETE:

@@ -418,8 +418,7 @@ class Supervisor:
         self.book.config = new
         self.intake.max_file_bytes = new.spool.max_file_bytes
         self.intake.owner_ok = owner_check(new, self.config_path, self.intake.owner_ok)
-        self.committer.keep_processed = new.spool.keep_processed
-        self.committer.summary_top = new.spool.summary_top
+        self.committer.reconfigure(new.spool.keep_processed, new.spool.summary_top)
         self.generation += 1
         self.executor.reconfigure(new, self.generation)
         self.reload_pending = True

@@ -115,7 +115,7 @@ def test_a_line_too_long_becomes_one_error_record_with_a_preview(tmp_path: Path)
     # 64 bytes read, shown with undecodable bytes escaped
     assert orjson.loads(record) == {"line": 2, "input": "\\xff" + "a" * 63,
                                     "error": "line too long: 200 bytes, limit 100"}
-    assert dict(counts) == {"lines": 1, "invalid": 1}
+    assert dict(counts) == {"lines": 1, "invalid": 1, "error.line_too_long": 1}
     record, _ = too_long_record(_chunk(path, 6 + 201, 6 + 205, first_line=3), 3)
     assert orjson.loads(record)["error"] == "line too long: 4 bytes, limit 3"  # the file's last line: no newline
 
