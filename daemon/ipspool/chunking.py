@@ -21,7 +21,10 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ipspool.formats.spec import Format
 
 __all__ = ["SCAN_STEP", "Chunk", "count_newlines", "split_file", "split_steps"]
 
@@ -45,6 +48,8 @@ class Chunk:
     # A whole file's only chunk: its part file *is* the result, so the worker
     # fsyncs it. Parts of larger files are fsync'd once, after assembly.
     sync: bool = True
+    # How to read the file and write its result; None: plain lines, JSON lines out.
+    format: Format | None = None
 
     @property
     def key(self) -> tuple[int, int]:

@@ -124,7 +124,7 @@ class Committer:
             # retried by the kernel): take them back and publish again later;
             # the inputs were never retired.
             for job, _, _ in published:
-                self.spool.unpublish(job.claimed.job_name)
+                self.spool.unpublish(job.claimed.job_name, job.format.suffix)
                 self.requeue(job)
             return
         for job, _, _ in published:
@@ -177,7 +177,7 @@ class Committer:
             return None
         part = job.parts[0] if job.total == 1 else job.assembly.path or ""
         try:
-            return part, self.spool.publish_result(part, job.claimed.job_name)
+            return part, self.spool.publish_result(part, job.claimed.job_name, job.format.suffix)
         except FileExistsError:
             self.fail(job, "result_exists", "a file we did not write holds the result name; nothing was overwritten")
         except OSError as exc:

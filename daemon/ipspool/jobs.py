@@ -24,10 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ipspool.chunking import Chunk, split_steps
+from ipspool.chunking import Chunk
 from ipspool.clock import Clock
 from ipspool.config import Config
 from ipspool.executor import Executor
+from ipspool.formats import Format, head_size, needs_head, select, split_chunks
 from ipspool.intake import Intake
 from ipspool.logs import get_logger
 from ipspool.outage import DiskOutage
@@ -66,6 +67,7 @@ class Job:
     counts: Counter[str] = field(default_factory=Counter)
     alerts_logged: int = 0
     assembly: Assembly = field(default_factory=Assembly)
+    format: Format = field(default_factory=Format)  # how it is read and its result written
 
     @property
     def failed(self) -> bool:
@@ -116,27 +118,46 @@ class JobBook:
     def open_job(self, claimed: Claimed, intake: Intake) -> Job | None:
         chunk_bytes = self.chunk_bytes_for(claimed.size, len(intake))
         fd: int | None = None
-        if claimed.size > chunk_bytes:
-            try:
-                # O_NONBLOCK: a producer's lease on the file must not stall the loop.
-                fd = os.open(claimed.path, _OPEN_FLAGS)
-            except BlockingIOError:
-                intake.reject(claimed.name, claimed.job_name, InputRejected("leased", LEASED))
-                return None
-            except OSError as exc:
-                intake.reject(claimed.name, claimed.job_name,
-                              InputRejected("unreadable", f"cannot open: {exc.strerror}"))
-                return None
+        wants_head = needs_head(self.config, claimed.name)
+        try:
+            if claimed.size > chunk_bytes or wants_head:
+                fd = self.open_input(claimed)
+            head = os.pread(fd, head_size(self.config), 0) if wants_head and fd is not None else b""
+            fmt = select(self.config, claimed.name, head, claimed.size)
+        except InputRejected as exc:
+            if fd is not None:
+                os.close(fd)
+            intake.reject(claimed.name, claimed.job_name, exc)
+            return None
+        except OSError as exc:
+            if fd is not None:
+                os.close(fd)
+            intake.reject(claimed.name, claimed.job_name, InputRejected("unreadable", f"read error: {exc.strerror}"))
+            return None
+        if fd is not None and claimed.size - fmt.body_start <= chunk_bytes:
+            os.close(fd)  # one chunk: the worker reads it, the splitter need not
+            fd = None
         self.seq += 1
-        chunks = split_steps(
-            fd if fd is not None else -1, claimed.size, chunk_bytes, self.config.spool.max_line_bytes,
+        chunks = split_chunks(
+            fmt, fd if fd is not None else -1, claimed.size, chunk_bytes, self.config.spool.max_line_bytes,
             job=self.seq, path=claimed.path, dev=claimed.dev, ino=claimed.ino,
         )
-        job = Job(self.seq, claimed, chunks, fd, self.clock.monotonic())
+        job = Job(self.seq, claimed, chunks, fd, self.clock.monotonic(), format=fmt)
         self.jobs[job.seq] = job
         self.totals["files_claimed"] += 1
         self.log.info("file.claimed", file=claimed.name, job=claimed.job_name, bytes=claimed.size)
         return job
+
+    @staticmethod
+    def open_input(claimed: Claimed) -> int:
+        """The claimed file, opened for the splitter; InputRejected if it cannot be."""
+        try:
+            # O_NONBLOCK: a producer's lease on the file must not stall the loop.
+            return os.open(claimed.path, _OPEN_FLAGS)
+        except BlockingIOError:
+            raise InputRejected("leased", LEASED) from None
+        except OSError as exc:
+            raise InputRejected("unreadable", f"cannot open: {exc.strerror}") from None
 
     def chunk_bytes_for(self, size: int, waiting: int) -> int:
         """workers.chunk_bytes, or less so that a file arriving alone uses every worker.

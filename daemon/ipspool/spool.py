@@ -1,7 +1,7 @@
 """The on-disk protocol: every move of a file through the spool.
 
     tmp/ -> incoming/ -> active/ -> done/ (or deleted) | failed/ + NAME.error.json
-    results/NAME.jsonl (written in results/.parts/, fsync'd, linked in)
+    results/NAME.jsonl or NAME.csv (written in results/.parts/, fsync'd, linked in)
 
 rename() within one filesystem is the commit point of every step, and each
 step is made durable (file fsync, then the directories it touched) before the
@@ -17,7 +17,7 @@ duplication:
 
 A job's name is the input's name, made unique at claim time: it is free only
 if every name derived from it is (``job_entries``: active/JOB, done/JOB,
-failed/JOB, failed/JOB.error.json, results/JOB.jsonl), and a name ending in
+failed/JOB, failed/JOB.error.json, results/JOB.jsonl and JOB.csv), and a name ending in
 ``.error.json`` is never a job's, so no input in failed/ can ever stand where
 another job's error record goes. results/JOB.jsonl and failed/JOB.error.json
 therefore belong to exactly one input, and a crash between steps 2 and 3 is
@@ -48,6 +48,7 @@ from ipspool.fsops import rename_noreplace_at, write_all
 
 __all__ = [
     "LEASED",
+    "RESULT_SUFFIXES",
     "Claimed",
     "InputRejected",
     "Spool",
@@ -63,6 +64,7 @@ __all__ = [
 
 SUBDIRS = ("tmp", "incoming", "active", "done", "failed")
 RESULT_SUFFIX = ".jsonl"
+RESULT_SUFFIXES = (RESULT_SUFFIX, ".csv")  # a rule may ask for CSV output (docs/inputs.md)
 ERROR_SUFFIX = ".error.json"
 PARTS = ".parts"
 _COPY_PIECE = 64 << 20
@@ -132,7 +134,7 @@ def job_entries(job_name: str) -> tuple[tuple[str, str], ...]:
         ("done", job_name),
         ("failed", job_name),
         ("failed", job_name + ERROR_SUFFIX),
-        ("results", job_name + RESULT_SUFFIX),
+        *(("results", job_name + suffix) for suffix in RESULT_SUFFIXES),
     )
 
 
@@ -571,19 +573,19 @@ class Spool:
                 pass  # copied already; a stale part is cleaned at the next start
         return size
 
-    def publish_result(self, part: str, job_name: str) -> str:
-        """Link a finished part in as results/JOB.jsonl; never overwrites."""
-        result = job_name + RESULT_SUFFIX
+    def publish_result(self, part: str, job_name: str, suffix: str = RESULT_SUFFIX) -> str:
+        """Link a finished part in as results/JOB.jsonl (or ``suffix``); never overwrites."""
+        result = job_name + suffix
         os.link(
             os.path.basename(part), result,
             src_dir_fd=self.fds["parts"], dst_dir_fd=self.fds["results"], follow_symlinks=False,
         )
         return str(self.results / result)
 
-    def unpublish(self, job_name: str) -> None:
+    def unpublish(self, job_name: str, suffix: str = RESULT_SUFFIX) -> None:
         """Take back a result link whose directory fsync failed (the part keeps the data)."""
         try:
-            os.unlink(job_name + RESULT_SUFFIX, dir_fd=self.fds["results"])
+            os.unlink(job_name + suffix, dir_fd=self.fds["results"])
         except FileNotFoundError:
             pass
 
