@@ -58,8 +58,8 @@ def read_chunks(data: bytes, fmt: Format, chunks: list[Chunk]) -> list[tuple[int
     reader = DelimitedReader(fmt)
     seen = []
     for chunk in chunks:
-        for line_no, row, _ in reader.units(data[chunk.start:chunk.end], chunk.first_line):
-            seen.append((line_no, row.fields))
+        for line_no, _, fields, _, _ in reader.units(data[chunk.start:chunk.end], chunk.first_line):
+            seen.append((line_no, fields))
     return seen
 
 

@@ -14,7 +14,8 @@ marked ``too_long``, never read whole, as an over-long plain line does.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator
 
 from ipspool.chunking import Chunk, split_steps
 from ipspool.formats import delimited
@@ -34,10 +35,25 @@ def split_chunks(fmt: Format, fd: int, size: int, chunk_bytes: int, max_line_byt
     yield from _split_delimited(fmt, fd, size, chunk_bytes, job=job, path=path, dev=dev, ino=ino)
 
 
+def _quote_free_end(fd: int, pos: int, size: int, chunk_bytes: int, limit: int) -> tuple[int, int] | None:
+    """(end, lines) of a chunk from ``pos`` when no quote can be open in it, else None.
+
+    Without a quote and with every line within the limit, each line is one
+    record (as ``delimited.records`` reads them), so the chunk may end at the
+    first newline past ``chunk_bytes``: the plain splitter's rule, at its speed.
+    """
+    span = os.pread(fd, min(chunk_bytes + limit + 1, size - pos), pos)
+    newline = span.find(b"\n", chunk_bytes - 1)
+    if newline < 0:
+        return None
+    piece = span[:newline + 1]
+    if b'"' in piece or max(map(len, piece.split(b"\n"))) >= limit:
+        return None
+    return pos + newline + 1, piece.count(b"\n")
+
+
 def _split_delimited(fmt: Format, fd: int, size: int, chunk_bytes: int, *,
                      job: int, path: str, dev: int, ino: int) -> Iterator[Chunk | None]:
-    start = fmt.body_start
-    line = fmt.header_lines + 1
     index = 0
 
     def make(begin: int, end: int, first: int, too_long: bool = False, alone: bool = False) -> Chunk:
@@ -45,24 +61,37 @@ def _split_delimited(fmt: Format, fd: int, size: int, chunk_bytes: int, *,
         index += 1
         return Chunk(job, index - 1, path, begin, end, first, too_long, dev, ino, sync=alone, format=fmt)
 
-    if size - start <= chunk_bytes:
-        yield make(start, max(start, size), line, alone=True)
-        return
-    pos, first = start, line
-    rows = delimited.records(delimited.file_lines(fd, start, size, fmt.max_record_bytes), fmt.delimiter,
-                             fmt.max_record_bytes)
-    row_start = start
-    for row in rows:
-        row_end = start + row.end
-        if row.fields is None and row_end - row_start > fmt.max_record_bytes:
-            # Too long to read: the records before it, then it alone, unread.
-            if row_start > pos:
-                yield make(pos, row_start, first)
-            yield make(row_start, row_end, line + row.before, too_long=True)
-            pos, first = row_end, line + row.before + row.lines
-        elif row_end - pos >= chunk_bytes and row_end < size:
-            yield make(pos, row_end, first)
-            pos, first = row_end, line + row.before + row.lines
-        row_start = row_end
+    pos, first = fmt.body_start, fmt.header_lines + 1
+    while size - pos > chunk_bytes:
+        fast = _quote_free_end(fd, pos, size, chunk_bytes, fmt.max_record_bytes)
+        if fast is not None:
+            yield make(pos, fast[0], first)
+            pos, first = fast[0], first + fast[1]
+            continue
+        chunks, pos, first = _scan_one(fmt, fd, pos, first, size, chunk_bytes, make)
+        if not chunks:
+            break  # the rest is one last chunk
+        yield from chunks
     if pos < size or index == 0:
         yield make(pos, size, first, alone=index == 0)
+
+
+def _scan_one(fmt: Format, fd: int, pos: int, first: int, size: int, chunk_bytes: int,
+              make: Callable[..., Chunk]) -> tuple[list[Chunk], int, int]:
+    """The next chunk from ``pos`` found by parsing records (a quote is about), and where the next begins.
+
+    A record too long to read becomes a chunk of its own (after one holding
+    the records before it). No chunk: the records run to the end of the file.
+    """
+    limit = fmt.max_record_bytes
+    row_start = pos
+    for before, lines, end, fields, _ in delimited.records(delimited.file_lines(fd, pos, size, limit),
+                                                           fmt.delimiter, limit):
+        row_end = pos + end
+        if fields is None and row_end - row_start > limit:
+            head = [make(pos, row_start, first)] if row_start > pos else []
+            return [*head, make(row_start, row_end, first + before, too_long=True)], row_end, first + before + lines
+        if row_end - pos >= chunk_bytes and row_end < size:
+            return [make(pos, row_end, first)], row_end, first + before + lines
+        row_start = row_end
+    return [], pos, first

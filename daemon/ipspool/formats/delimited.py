@@ -18,9 +18,8 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
-__all__ = ["Row", "file_lines", "records", "split_lines_kept"]
+__all__ = ["Row", "file_lines", "quote_free_rows", "records", "split_lines_kept"]
 
 _READ_BLOCK = 1 << 20
 
@@ -30,21 +29,19 @@ class _TooLong(Exception):
 
 
 class _Feed:
-    """Physical lines into ``csv.reader``, counted as they are taken."""
+    """Physical lines, counted as they are taken, by ``records`` or by ``csv.reader``."""
 
-    __slots__ = ("_lines", "count", "limit", "offset", "record_start")
+    __slots__ = ("_lines", "_pending", "count", "limit", "offset", "record_start")
 
     def __init__(self, lines: Iterable[bytes | int], limit: int) -> None:
         self._lines = iter(lines)
+        self._pending: bytes | None = None  # a line taken, then given back for csv to read
         self.count = 0          # lines taken
         self.offset = 0         # bytes taken
         self.record_start = 0   # offset where the record in progress began
         self.limit = limit
 
-    def __iter__(self) -> _Feed:
-        return self
-
-    def __next__(self) -> str:
+    def take(self) -> bytes:
         raw = next(self._lines)
         self.count += 1
         if isinstance(raw, int):  # a line too long to read: only its length (file_lines)
@@ -53,40 +50,61 @@ class _Feed:
         self.offset += len(raw)
         if self.offset - self.record_start > self.limit:
             raise _TooLong
+        return raw
+
+    def give_back(self, raw: bytes) -> None:
+        self._pending = raw
+
+    def __iter__(self) -> _Feed:
+        return self
+
+    def __next__(self) -> str:
+        raw, self._pending = self._pending, None
+        if raw is None:
+            raw = self.take()
         return raw.decode("utf-8", "replace")
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One record: where it starts (lines before it), how many lines it took, its fields or its error."""
+# (lines before it, lines it took, byte offset just after it, its fields or None, the error)
+Row = tuple[int, int, int, list[str] | None, str]
 
-    before: int
-    lines: int
-    end: int                   # byte offset just after it
-    fields: list[str] | None
-    error: str = ""
+
+def _unquoted(raw: bytes, delimiter: str) -> list[str] | None:
+    """The fields of a line csv would only split (no quote, NUL or inner CR); None for the others."""
+    body = raw[:-1] if raw.endswith(b"\n") else raw
+    if body.endswith(b"\r"):
+        body = body[:-1]
+    if b'"' in body or b"\r" in body or b"\x00" in body:
+        return None
+    return body.decode("utf-8", "replace").split(delimiter) if body else []
 
 
 def records(lines: Iterable[bytes | int], delimiter: str, limit: int) -> Iterator[Row]:
-    """Every record of consecutive physical lines that start on a record boundary."""
+    """Every record of consecutive physical lines that start on a record boundary.
+
+    A line without quotes is split directly; one with a quote is handed to
+    ``csv.reader`` with the lines after it, for exactly one record (the
+    reader reads no further than the record's end).
+    """
     feed = _Feed(lines, limit)
-    reader = csv.reader(feed, delimiter=delimiter)
+    too_long = f"record too long: over {limit} bytes (limit spool.max_line_bytes)"
     while True:
         feed.record_start = feed.offset
         before = feed.count
         error = ""
         try:
-            fields: list[str] | None = next(reader)
+            raw = feed.take()
+            fields = _unquoted(raw, delimiter)
+            if fields is None:
+                feed.give_back(raw)
+                fields = next(csv.reader(feed, delimiter=delimiter))
         except StopIteration:
             return
         except _TooLong:
-            fields, error = None, f"record too long: over {limit} bytes (limit spool.max_line_bytes)"
+            fields, error = None, too_long
         except csv.Error as exc:
             fields, error = None, f"not a valid {_name(delimiter)} record: {exc}"
-        if fields is None:
-            # The reader may be mid-record: start a fresh one on the next line.
-            reader = csv.reader(feed, delimiter=delimiter)
-        yield Row(before, feed.count - before, feed.offset, fields, error)
+        yield before, feed.count - before, feed.offset, fields, error
 
 
 def _name(delimiter: str) -> str:
@@ -133,3 +151,24 @@ def file_lines(fd: int, start: int, end: int, limit: int) -> Iterator[bytes | in
         yield skipped
     elif carry:
         yield carry
+
+
+
+def quote_free_rows(data: bytes, delimiter: str, limit: int) -> list[list[str]] | None:
+    """The fields of every line of a chunk ``records`` would only split, at ``str.split`` speed.
+
+    None unless the chunk has no quote, NUL or CR other than before a
+    newline, and no line reaches the limit: then each line is one record and
+    this is exactly what ``records`` (``_unquoted`` on each line) returns.
+    """
+    if b'"' in data or b"\x00" in data or data.count(b"\r") != data.count(b"\r\n"):
+        return None
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    if not lines or max(map(len, lines)) >= limit:
+        return None if lines else []
+    text = data.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
+    if text[-1] == "":
+        text.pop()
+    return [line.split(delimiter) if line else [] for line in text]

@@ -79,31 +79,35 @@ class DelimitedReader:
         self.fmt = fmt
 
     def units(self, data: bytes, first_line: int) -> Sequence[Any]:
+        """(line, physical lines, fields or None, error, the record's first bytes) per record."""
+        quick = delimited.quote_free_rows(data, self.fmt.delimiter, self.fmt.max_record_bytes)
+        if quick is not None:
+            return [(line_no, 1, fields, "", b"") for line_no, fields in enumerate(quick, first_line)]
         found = []
         start = 0
-        for row in delimited.records(delimited.split_lines_kept(data), self.fmt.delimiter,
-                                     self.fmt.max_record_bytes):
-            found.append((first_line + row.before, row, data[start:start + INPUT_PREVIEW]))
-            start = row.end
+        for before, lines, end, fields, error in delimited.records(
+                delimited.split_lines_kept(data), self.fmt.delimiter, self.fmt.max_record_bytes):
+            head = data[start:start + INPUT_PREVIEW] if error else b""
+            found.append((first_line + before, lines, fields, error, head))
+            start = end
         return found
 
-    def addresses(self, unit: tuple[int, delimited.Row, bytes]) -> list[str]:
-        fields = unit[1].fields
+    def addresses(self, unit: tuple[int, int, list[str] | None, str, bytes]) -> list[str]:
+        fields = unit[2]
         at = self.fmt.address
         return [fields[at]] if fields is not None and at < len(fields) else []
 
-    def records(self, unit: tuple[int, delimited.Row, bytes], pipeline: Pipeline, counts: Counts,
+    def records(self, unit: tuple[int, int, list[str] | None, str, bytes], pipeline: Pipeline, counts: Counts,
                 alerts: list[Alert] | None) -> list[dict[str, Any]]:
-        line_no, row, head = unit
-        counts["lines"] += row.lines
-        fields = row.fields
+        line_no, lines, fields, error, head = unit
+        counts["lines"] += lines
         if fields is None:
             counts["invalid"] += 1
-            return [error_fields({"line": line_no}, head.decode("utf-8", "backslashreplace"), row.error)]
-        if not any(field.strip() for field in fields):
+            return [error_fields({"line": line_no}, head.decode("utf-8", "backslashreplace"), error)]
+        at = self.fmt.address
+        if (at >= len(fields) or not fields[at].strip()) and not any(field.strip() for field in fields):
             counts["skipped"] += 1
             return []
-        at = self.fmt.address
         where: dict[str, Any] = {"line": line_no, "column": at + 1}
         if at >= len(fields):
             counts["invalid"] += 1

@@ -52,25 +52,30 @@ def address_record(
     where: dict[str, Any], text: str, pipeline: Pipeline, counts: Counter[str], alerts: list[Alert] | None,
 ) -> dict[str, Any]:
     """``where`` (``line`` first, then the column, field or position) completed for the address ``text``."""
-    verdict = parse_text(text)
-    if isinstance(verdict, str):
-        counts["invalid"] += 1
-        return error_fields(where, text, verdict)
     text = text.strip()
+    try:
+        if not text or "\x00" in text:
+            raise ValueError
+        verdict = fast_parse_classify(text)
+    except ValueError:  # the message comes from parse_text, off the common path
+        counts["invalid"] += 1
+        message = parse_text(text)
+        return error_fields(where, text, message if isinstance(message, str) else "not an IP address")
     where["input"] = text
     where["ip"] = verdict[0]
     where.update(pipeline.run_parsed(text, verdict))
-    count_address(where, pipeline, counts, alerts)
+    counts["valid"] += 1
+    cls = where.get("class")
+    if isinstance(cls, str):
+        counts["class." + cls] += 1
+    if "stage_errors" in where or "lists" in where:
+        count_address(where, pipeline, counts, alerts)
     return where
 
 
 def count_address(record: dict[str, Any], pipeline: Pipeline, counts: Counter[str],
                   alerts: list[Alert] | None) -> None:
-    """The counters and alerts of one address record (as process_lines keeps them)."""
-    counts["valid"] += 1
-    cls = record.get("class")
-    if isinstance(cls, str):
-        counts["class." + cls] += 1
+    """The stage-error, list and alert counters of one address record (as process_lines keeps them)."""
     if "stage_errors" in record:
         counts["stage_errors"] += 1
     listed = record.get("lists")

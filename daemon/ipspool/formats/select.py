@@ -102,11 +102,14 @@ def _delimited(fmt: Format, rule: InputRule | None, name: str, head: bytes, size
                  _sniff_delimiter(_first_line(head), name))
     rows = delimited.records(delimited.split_lines_kept(head[bom:]), delimiter, fmt.max_record_bytes)
     row = next(rows, None)
-    cut = len(head) < size and not head[:bom + row.end].endswith(b"\n") if row is not None else False
-    if row is None or row.fields is None or cut:
-        why = row.error if row is not None and row.error else "it does not end within the first bytes read"
+    if row is None:
+        return fmt  # only blank space
+    _, lines, end, fields, error = row
+    cut = len(head) < size and not head[:bom + end].endswith(b"\n")
+    if fields is None or cut:
+        why = error or "it does not end within the first bytes read"
         raise InputRejected("bad_header", f"the header (first record) cannot be read: {why}")
-    header = [field.strip() for field in row.fields]
+    header = [field.strip() for field in fields]
     wanted = rule.column if rule is not None else ""
     address = _column(header, wanted)
     if address < 0:
@@ -122,7 +125,7 @@ def _delimited(fmt: Format, rule: InputRule | None, name: str, head: bytes, size
                                                   "named in carry")
         carry.append((header[at], at))
     return Format("delimited", fmt.output, delimiter, tuple(header), address, tuple(carry),
-                  body_start=bom + row.end, header_lines=row.lines, max_record_bytes=fmt.max_record_bytes)
+                  body_start=bom + end, header_lines=lines, max_record_bytes=fmt.max_record_bytes)
 
 
 def select(config: Config, name: str, head: bytes = b"", size: int = 0) -> Format:
