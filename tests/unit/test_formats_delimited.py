@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from ipspool.chunking import Chunk
 from ipspool.config import Config, parse_config
 from ipspool.formats import Format, process_chunk, select, split_chunks
+from ipspool.formats.delimited import records, split_lines_kept
 from ipspool.formats.readers import DelimitedReader
 from ipspool.pipeline import Pipeline, load_pipeline
 from ipspool.spool import InputRejected
@@ -100,11 +101,16 @@ def pipeline() -> Pipeline:
     return load_pipeline(Config())
 
 
-def test_quoted_newlines_across_every_chunk_boundary_give_the_same_result(tmp_path: Path) -> None:
-    """For every chunk size from 1 byte to the whole file, the joined results are the one-chunk result."""
+@pytest.mark.parametrize("max_line_bytes", [4096, 48])
+def test_quoted_newlines_across_every_chunk_boundary_give_the_same_result(tmp_path: Path,
+                                                                          max_line_bytes: int) -> None:
+    """For every chunk size from 1 byte to the whole file, the joined results are the one-chunk result
+    (also with a limit so small that the splitter's read-ahead ends inside quoted records)."""
     path = tmp_path / "f.csv"
     path.write_bytes(QUOTED)
-    fmt = fmt_of(QUOTED, carry=["action"])
+    fmt = select(parse_config({"spool": {"max_line_bytes": max_line_bytes},
+                               "inputs": [{"match": "*", "format": "delimited", "carry": ["action"]}]}),
+                 "f.csv", QUOTED, len(QUOTED))
     loaded = pipeline()
     whole, _ = process_chunk(QUOTED[fmt.body_start:], fmt.header_lines + 1, loaded, [], fmt)
     records = [orjson.loads(r) for r in whole.splitlines()]
@@ -199,3 +205,20 @@ def test_a_record_over_the_limit_becomes_a_chunk_of_its_own(tmp_path: Path) -> N
     assert [(c.first_line, c.too_long) for c in chunks][:2] == [(2, False), (3, True)]
     assert chunks[-1].end == len(data)
     assert all(a.end == b.start for a, b in pairwise(chunks))
+
+
+def test_chunks_end_only_where_records_end_even_when_records_outgrow_the_read_ahead(tmp_path: Path) -> None:
+    """Long quoted records near the limit, split at every size: each boundary is one records() finds."""
+    body = b"".join(b'192.0.2.%d,"%s",x\n' % (n, b"\n".join([b"y" * 25] * (n % 4 + 1))) for n in range(40))
+    data = b"ip,note,action\n" + body
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    config = parse_config({"spool": {"max_line_bytes": 64}})
+    fmt = select(config, "f.csv", data, len(data))
+    ends = {fmt.body_start}
+    offset = fmt.body_start
+    for _, _, end, _, _ in records(split_lines_kept(data[fmt.body_start:]), ",", 64):
+        ends.add(offset + end)
+    for chunk_bytes in range(1, 200):
+        chunks = chunks_of(path, fmt, chunk_bytes)
+        assert {c.start for c in chunks} | {c.end for c in chunks} <= ends, chunk_bytes

@@ -13,9 +13,12 @@ marked ``too_long``, never read whole, as an over-long plain line does.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import os
 from collections.abc import Callable, Iterator
+from itertools import accumulate
 
 from ipspool.chunking import Chunk, split_steps
 from ipspool.formats import delimited
@@ -52,6 +55,36 @@ def _quote_free_end(fd: int, pos: int, size: int, chunk_bytes: int, limit: int) 
     return pos + newline + 1, piece.count(b"\n")
 
 
+def _csv_end(fd: int, pos: int, size: int, chunk_bytes: int, fmt: Format) -> tuple[int, int] | None:
+    """(end, lines) of a chunk from ``pos`` found by ``csv.reader`` over a span in memory, else None.
+
+    The quick way through a span with quotes: C parses, Python only counts.
+    It agrees with ``delimited.records`` (which splits unquoted lines itself
+    and hands quoted ones to the same ``csv.reader``) as long as no record is
+    too long or malformed and the chunk ends inside the span; otherwise None,
+    and ``_scan_one`` takes the careful way.
+    """
+    span = os.pread(fd, min(2 * chunk_bytes + fmt.max_record_bytes, size - pos), pos)
+    complete = len(span) if pos + len(span) == size else span.rfind(b"\n") + 1
+    ends = [0, *accumulate(len(line) + 1 for line in span[:complete].split(b"\n"))]
+    reader = csv.reader(io.StringIO(span[:complete].decode("utf-8", "replace"), newline="\n"),
+                        delimiter=fmt.delimiter)
+    before = 0
+    try:
+        for _ in reader:
+            taken = reader.line_num
+            if ends[taken] - ends[before] > fmt.max_record_bytes:
+                return None
+            if ends[taken] >= complete and pos + complete < size:
+                return None  # the span's end may have cut this record short: csv cannot tell
+            if ends[taken] >= chunk_bytes:
+                return pos + min(ends[taken], complete), taken
+            before = taken
+    except csv.Error:
+        return None
+    return None
+
+
 def _split_delimited(fmt: Format, fd: int, size: int, chunk_bytes: int, *,
                      job: int, path: str, dev: int, ino: int) -> Iterator[Chunk | None]:
     index = 0
@@ -63,7 +96,8 @@ def _split_delimited(fmt: Format, fd: int, size: int, chunk_bytes: int, *,
 
     pos, first = fmt.body_start, fmt.header_lines + 1
     while size - pos > chunk_bytes:
-        fast = _quote_free_end(fd, pos, size, chunk_bytes, fmt.max_record_bytes)
+        fast = (_quote_free_end(fd, pos, size, chunk_bytes, fmt.max_record_bytes)
+                or _csv_end(fd, pos, size, chunk_bytes, fmt))
         if fast is not None:
             yield make(pos, fast[0], first)
             pos, first = fast[0], first + fast[1]
