@@ -112,6 +112,7 @@ def test_jsonl_wrap_mode_and_a_named_field() -> None:
     ("net 10.0.0.0/8 and 2001:db8::/32", []),
     ("::ffff:1.2.3.4 and 2001[:]db8[:][:]2", ["::ffff:1.2.3.4", "2001:db8::2"]),
     ("std::vector at 10:20:30", ["10:20:30"]),  # a candidate; the strict parser refuses it
+    ("a:" * 2000 + "g", []), (":" * 4000 + " ::1", ["::1"]),  # long runs: read once, not from every start
 ])
 def test_free_text_candidates(line: str, found: list[str]) -> None:
     """Defanged forms, ports, brackets and prefixes are handled; versions and networks are not taken."""

@@ -31,11 +31,16 @@ _V4 = re.compile(
     rf"(?!\w|{_DOT}\d|/\d)"             # not followed by more of a word or a dotted run, or a prefix length
 )
 _COLON = r"(?::|\[:\])"
+# A whole run of hextets, colons and dots, taken possessively and never
+# given back: a pattern that could backtrack (or a trailing lookahead that
+# fails at the run's end) would try every start inside a long run of
+# colons or hex digits, quadratic in the line. What may follow the run is
+# checked in find_addresses.
 _V6 = re.compile(
-    rf"[0-9A-Fa-f]*{_COLON}(?:[0-9A-Fa-f]|{_COLON}|\.(?=\d))+"  # hextets, colons, a dotted IPv4 tail
-    r"(?:%[0-9A-Za-z_.\-]+)?"             # a zone id
-    r"(?![\w:]|/\d)"
+    rf"(?:[0-9A-Fa-f]|{_COLON}|\.(?=\d))++"  # hextets, colons, a dotted IPv4 tail
+    r"(?:%[0-9A-Za-z_.\-]++)?+"              # a zone id
 )
+_AFTER_V6 = re.compile(r"[\w:]|/\d")
 _REFANG = str.maketrans({"[": "", "]": "", "(": "", ")": ""})
 
 
@@ -74,9 +79,11 @@ def find_addresses(line: str) -> list[Found]:
     if ":" in line:
         for m in _V6.finditer(line):
             shown = m.group()
+            if shown.count(":") + shown.count("[:]") < 2 or _glued_v6(line, m.start()) or \
+                    _AFTER_V6.match(line, m.end()):
+                continue
             address = _refang(shown)
-            if address.count(":") >= 2 and not _glued_v6(line, m.start()) and \
-                    any(c in "0123456789abcdefABCDEF" for c in address):
+            if any(c in "0123456789abcdefABCDEF" for c in address):
                 found.append(Found(m.start() + 1, shown, address))
                 v6_spans.append(m.span())
     if "." in line:
