@@ -18,17 +18,20 @@ import argparse
 import csv
 import io
 import json
+import os
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from bench.inputs import make_lines
-from bench.systems import Workload, running_daemon
+from bench.systems import DaemonRunner, Workload, running_daemon
 from ipspool.config import usable_cpus
+from ipspool.formats.records import parse_text
 
 __all__ = ["main"]
 
@@ -69,10 +72,31 @@ def write_inputs(directory: Path, count: int) -> dict[str, Path]:
     return found
 
 
+def check(daemon: DaemonRunner, inputs: dict[str, Path], count: int, timeout: float = 900.0) -> None:
+    """One untimed round: a record per line (an error record for a bad one), in free text a record per
+    valid address (a fast wrong answer is no result)."""
+    valid = sum(1 for address in _addresses(count) if not isinstance(parse_text(address), str))
+    expected = {kind: valid if kind == "text" else count for kind in inputs}
+    moves = daemon.stage(tuple(inputs.values()))
+    for tmp, incoming, _ in moves:
+        os.rename(tmp, incoming)
+    deadline = time.monotonic() + timeout
+    for kind, (_, _, result) in zip(inputs, moves, strict=True):
+        while not result.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no result {result}")
+            time.sleep(0.01)
+        records = result.read_bytes().count(b"\n")
+        if records != expected[kind]:
+            raise RuntimeError(f"{result.name}: {records} records, expected {expected[kind]}")
+    daemon.clean()
+
+
 def run(count: int, rounds: int, processes: int, work: Path) -> dict[str, Any]:
     inputs = write_inputs(work / "inputs", count)
     seconds: dict[str, list[float]] = {kind: [] for kind in FORMATS}
     with running_daemon(work / "daemon", ("classify",), processes) as daemon:
+        check(daemon, inputs, count)
         for r in range(rounds):
             order = FORMATS[r % len(FORMATS):] + FORMATS[:r % len(FORMATS)]
             for kind in order:
