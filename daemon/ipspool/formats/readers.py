@@ -83,6 +83,9 @@ class DelimitedReader:
         quick = delimited.quote_free_rows(data, self.fmt.delimiter, self.fmt.max_record_bytes)
         if quick is not None:
             return [(line_no, 1, fields, "", b"") for line_no, fields in enumerate(quick, first_line)]
+        parsed = delimited.csv_rows(data, self.fmt.delimiter, self.fmt.max_record_bytes)
+        if parsed is not None:
+            return [(first_line + before, lines, fields, "", b"") for before, lines, fields in parsed]
         found = []
         start = 0
         for before, lines, end, fields, error in delimited.records(
