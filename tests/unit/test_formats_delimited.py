@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from ipspool.chunking import Chunk
 from ipspool.config import Config, parse_config
 from ipspool.formats import Format, process_chunk, select, split_chunks
-from ipspool.formats.delimited import records, split_lines_kept
+from ipspool.formats.delimited import csv_rows, quote_free_rows, records, split_lines_kept
 from ipspool.formats.readers import DelimitedReader
 from ipspool.pipeline import Pipeline, load_pipeline
 from ipspool.spool import InputRejected
@@ -222,3 +222,18 @@ def test_chunks_end_only_where_records_end_even_when_records_outgrow_the_read_ah
     for chunk_bytes in range(1, 200):
         chunks = chunks_of(path, fmt, chunk_bytes)
         assert {c.start for c in chunks} | {c.end for c in chunks} <= ends, chunk_bytes
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary().map(lambda b: b.replace(b"\x00", b"")) | st.text(st.sampled_from(list('a,;"\r\n '))).map(
+    str.encode), limit=st.integers(1, 40))
+def test_the_quick_readers_agree_with_the_careful_one(data: bytes, limit: int) -> None:
+    """quote_free_rows and csv_rows, when they answer, give exactly what records() gives on any bytes."""
+    careful = list(records(split_lines_kept(data), ",", limit))
+    quick = quote_free_rows(data, ",", limit)
+    if quick is not None:
+        assert [(before, lines, fields) for before, lines, _, fields, _ in careful] == [
+            (n, 1, fields) for n, fields in enumerate(quick)]
+    parsed = csv_rows(data, ",", limit)
+    if parsed is not None:
+        assert [(before, lines, fields) for before, lines, _, fields, _ in careful] == parsed
