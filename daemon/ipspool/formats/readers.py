@@ -14,8 +14,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from ipspool.fastip import fast_parse_classify
 from ipspool.formats import delimited, networks, text
-from ipspool.formats.records import INPUT_PREVIEW, address_record, error_fields, parse_text
+from ipspool.formats.records import INPUT_PREVIEW, address_record, count_address, error_fields, parse_text
 from ipspool.formats.spec import Format
 from ipspool.pipeline import Pipeline, process_lines
 from ipspool.protocol import Alert
@@ -77,6 +78,41 @@ class PlainReader:
 class DelimitedReader:
     def __init__(self, fmt: Format) -> None:
         self.fmt = fmt
+
+    def batch(self, units: Sequence[tuple[int, int, list[str] | None, str, bytes]], pipeline: Pipeline,
+              counts: Counts, alerts: list[Alert] | None) -> list[dict[str, Any]]:
+        """``records`` of many units, with the common case (a field that is an address) inline for speed."""
+        out: list[dict[str, Any]] = []
+        at, column, carry = self.fmt.address, self.fmt.address + 1, self.fmt.carry
+        lines = valid = 0
+        classes: Counts = Counter()
+        for unit in units:
+            fields = unit[2]
+            value = fields[at].strip() if fields is not None and at < len(fields) else ""
+            try:
+                if not value or "\x00" in value:
+                    raise ValueError
+                parsed = fast_parse_classify(value)
+            except ValueError:
+                out += self.records(unit, pipeline, counts, alerts)  # blank, short or bad: the full rules
+                continue
+            assert fields is not None
+            lines += unit[1]
+            record: dict[str, Any] = {"line": unit[0], "column": column, "input": value, "ip": parsed[0]}
+            record.update(pipeline.run_parsed(value, parsed))
+            valid += 1
+            cls = record.get("class")
+            if isinstance(cls, str):
+                classes["class." + cls] += 1
+            if "stage_errors" in record or "lists" in record:
+                count_address(record, pipeline, counts, alerts)
+            if carry:
+                record["fields"] = {name: fields[i] if i < len(fields) else None for name, i in carry}
+            out.append(record)
+        counts["lines"] += lines
+        counts["valid"] += valid
+        counts.update(classes)
+        return out
 
     def units(self, data: bytes, first_line: int) -> Sequence[Any]:
         """(line, physical lines, fields or None, error, the record's first bytes) per record."""

@@ -73,6 +73,9 @@ class FormatWork:
         return len(self.units)
 
     def render(self, at: int, stop: int, counts: Counts, alerts: list[Alert] | None) -> bytes:
+        batch = getattr(self.reader, "batch", None)
+        if batch is not None:
+            return self.output.write(batch(self.units[at:stop], self.pipeline, counts, alerts))
         records = []
         for unit in self.units[at:stop]:
             records += self.reader.records(unit, self.pipeline, counts, alerts)
