@@ -187,3 +187,23 @@ def test_csv_output_has_a_stable_header_flattened_fields_and_joined_lists(tmp_pa
     assert table[1]["error"].startswith("not an IP address") and table[1]["fields.port"] == "80"
     later, _ = process_chunk(data[fmt.body_start:], 2, loaded, [], fmt, first_chunk=False)
     assert later == out[out.index(b"\n") + 1:]
+
+
+def test_plain_files_with_csv_output_and_an_over_long_line(tmp_path: Path) -> None:
+    """Plain records as CSV rows; a too_long chunk's error record is a CSV row too (header in chunk 0 only)."""
+    from ipspool.chunking import Chunk
+    from ipspool.formats.work import too_long_output
+
+    config = rule(output="csv")
+    fmt = select(config, "a.txt")
+    out, _ = process_chunk(b"192.0.2.1\n# c\nbad\n", 1, load_pipeline(config), [], fmt)
+    rows = list(csv.reader(io.StringIO(out.decode())))
+    assert rows[0][:5] == ["line", "input", "ip", "error", "version"]
+    assert [(r[0], r[2]) for r in rows[1:]] == [("1", "192.0.2.1"), ("3", "")]
+    path = tmp_path / "long.txt"
+    path.write_bytes(b"x" * 5000 + b"\n")
+    st = path.stat()
+    chunk = Chunk(1, 1, str(path), 0, 5001, 7, True, st.st_dev, st.st_ino, format=fmt)
+    data, counts = too_long_output(chunk, 4096, ("classify",))
+    (row,) = list(csv.reader(io.StringIO(data.decode())))
+    assert row[0] == "7" and row[3] == "line too long: 5000 bytes, limit 4096" and counts["invalid"] == 1
