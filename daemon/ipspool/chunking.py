@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ipspool.config import Config
+    from ipspool.formats.spec import Format
 
 __all__ = ["MIN_SPLIT", "SCAN_STEP", "Chunk", "chunk_bytes_for", "count_newlines", "split_file", "split_steps"]
 
@@ -50,6 +51,8 @@ class Chunk:
     # A whole file's only chunk: its part file *is* the result, so the worker
     # fsyncs it. Parts of larger files are fsync'd once, after assembly.
     sync: bool = True
+    # How to read the file and write its result; None: plain lines, JSON lines out.
+    format: Format | None = None
 
     @property
     def key(self) -> tuple[int, int]:

@@ -132,7 +132,7 @@ class Committer:
             # retried by the kernel): take them back and publish again later;
             # the inputs were never retired.
             for job, _, _ in published:
-                self.spool.unpublish(job.claimed.job_name)
+                self.spool.unpublish(job.claimed.job_name, job.format.suffix)
                 self.requeue(job)
             return
         for job, _, _ in published:
@@ -190,7 +190,7 @@ class Committer:
             summary = self.spool.write_part(f"{job.seq}.summary",
                                             render_summary(printable(name), printable(job.claimed.name), job.counts,
                                                            self.summary_top))
-            return part, self.spool.publish_result(part, name, summary)
+            return part, self.spool.publish_result(part, name, summary, job.format.suffix)
         except FileExistsError:
             self.spool.remove_part(self.summary_path(job))
             self.fail(job, "result_exists",

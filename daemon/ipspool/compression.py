@@ -29,7 +29,8 @@ import zlib
 from collections.abc import Callable
 from typing import BinaryIO, Protocol
 
-__all__ = ["KINDS", "SNIFF_BYTES", "CorruptInput", "NoRoom", "Reader", "TooLarge", "expand", "open_stream", "sniff"]
+__all__ = ["KINDS", "SNIFF_BYTES", "CorruptInput", "NoRoom", "Reader", "TooLarge", "decompressed_name", "expand",
+           "open_stream", "sniff"]
 
 # (magic, kind): gzip RFC 1952 2.3.1; bzip2 "BZh" + block size digit; xz
 # (tukaani xz-file-format 2.1.1.1); zstd frame magic 0xFD2FB528 little-endian
@@ -229,3 +230,15 @@ def _copy_out(kind: str, src_fd: int, out: int, limit: int, keep_free: int,
                 view = view[os.write(out, view):]
             if progress is not None:
                 progress(written)
+
+
+_COMPRESSED_SUFFIXES = (".gz", ".gzip", ".bz2", ".xz", ".zst", ".zstd")
+
+
+def decompressed_name(name: str) -> str:
+    """The name a compressed input's content is read by: ``export.csv.gz`` is read as ``export.csv``."""
+    lowered = name.lower()
+    for suffix in _COMPRESSED_SUFFIXES:
+        if lowered.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -23,6 +23,7 @@ __all__ = [
     "ConfigError",
     "ExecutorConfig",
     "GeoipConfig",
+    "InputRule",
     "ListConfig",
     "LoadedConfig",
     "LogConfig",
@@ -68,6 +69,7 @@ MAX_DNS_IN_FLIGHT = 65_536       # rdns.max_in_flight: queries one worker keeps 
 MAX_DNS_RATE = 10_000_000.0      # rdns.rate_limit: queries/s per nameserver
 MAX_DISK_CACHE = 1 << 30         # rdns.disk_cache_size: answers on disk
 MAX_CLUSTER_INFLIGHT = 1 << 20   # executor.max_inflight: chunks on a cluster at once
+MAX_EXPAND = 1 << 16             # inputs.expand_cap: addresses one network line may expand into
 
 Seconds = Annotated[float, Field(gt=0, le=DAY)]
 
@@ -271,6 +273,61 @@ class ExecutorConfig(_Section):
         return self
 
 
+FORMATS = ("auto", "plain", "delimited", "jsonl", "text", "networks")
+_FORMAT_KEYS = {  # keys that mean something to one format only, and the format
+    "column": "delimited", "delimiter": "delimited", "carry": "delimited",
+    "field": "jsonl", "mode": "jsonl",
+    "skip_reserved": "text", "expand_cap": "networks",
+}
+
+
+class InputRule(_Section):
+    match: Annotated[str, Field(min_length=1)] = Field(
+        "*", description="Glob on the input's name (fnmatch, case-sensitive); the first matching rule wins."
+    )
+    format: Literal["auto", "plain", "delimited", "jsonl", "text", "networks"] = Field(
+        "auto", description="The reader; auto: by extension, then by content (docs/inputs.md)."
+    )
+    column: str = Field("", description="delimited: the address column's header name (case-insensitive); "
+                                        "empty: the first of the default names.")
+    delimiter: str = Field("", description='delimited: the field separator ("," ";" "\\t" "|"); '
+                                           "empty: sniffed from the header.")
+    carry: tuple[str, ...] = Field((), description="delimited: other columns copied into each record's "
+                                                   "fields object.")
+    field: str = Field("", description="jsonl: the address's field path (dotted: source.ip); "
+                                       "empty: the first of the default paths.")
+    mode: Literal["annotate", "wrap"] = Field(
+        "annotate", description="jsonl: annotate (the original object plus an ipspool key) or wrap "
+                                "(the ipspool record plus the original under source)."
+    )
+    skip_reserved: bool = Field(False, description="text: leave out addresses that are not global "
+                                                   "(private, reserved, loopback...).")
+    expand_cap: Annotated[int, Field(ge=0, le=MAX_EXPAND)] = Field(
+        0, description="networks: also write one record per address of a network of at most this many; 0: never."
+    )
+    output: Literal["jsonl", "csv"] = Field("jsonl", description="The result's format: RESULTS/JOB.jsonl or "
+                                                                 "RESULTS/JOB.csv.")
+
+    @field_validator("carry", mode="before")
+    @classmethod
+    def _list_to_tuple(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_character(cls, value: str) -> str:
+        if value and (len(value) != 1 or value in "\"\r\n"):
+            raise ValueError('one character other than a quote or a newline, such as "," ";" "\\t" "|"')
+        return value
+
+    @model_validator(mode="after")
+    def _keys_fit_the_format(self) -> InputRule:
+        for key, owner in _FORMAT_KEYS.items():
+            if key in self.model_fields_set and self.format != owner:
+                raise ValueError(f'{key} is a key of format = "{owner}", this rule has format = "{self.format}"')
+        return self
+
+
 class Config(_Section):
     spool: SpoolConfig = SpoolConfig()
     workers: WorkersConfig = WorkersConfig()
@@ -282,8 +339,9 @@ class Config(_Section):
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()
     executor: ExecutorConfig = ExecutorConfig()
+    inputs: tuple[InputRule, ...] = ()
 
-    @field_validator("lists", mode="before")
+    @field_validator("lists", "inputs", mode="before")
     @classmethod
     def _list_to_tuple(cls, value: object) -> object:
         return tuple(value) if isinstance(value, list) else value

@@ -57,8 +57,9 @@ from ipspool.dask_link import (
 )
 from ipspool.dask_remote import PipelineBundle, StalePipeline, bundle
 from ipspool.executor import Census
+from ipspool.formats.work import too_long_output
 from ipspool.logs import get_logger
-from ipspool.parts import OUTPUT_SLACK, ChunkFailed, PartWriter, read_chunk, too_long_record, write_part
+from ipspool.parts import OUTPUT_SLACK, ChunkFailed, PartWriter, read_chunk, write_part
 from ipspool.protocol import Done, ExecutorEvent, Failed, Lost
 from ipspool.spool import printable
 
@@ -227,7 +228,8 @@ class DaskExecutor:
         self.flights[token] = flight
         limit = self.config.spool.max_output_ratio * len(data) + OUTPUT_SLACK
         try:
-            self.link.submit(token, data, chunk.first_line, self.wanted, limit, workers)
+            self.link.submit(token, data, chunk.first_line, self.wanted, limit, workers,
+                             chunk.format, chunk.index == 0)
         except Exception as exc:  # noqa: BLE001 - the client is going away: send it again later
             self.lose(flight, False, f"could not submit: {type(exc).__name__}: {exc}")
 
@@ -235,7 +237,7 @@ class DaskExecutor:
         """A chunk that is one over-long line: its error record needs no cluster."""
         part = self.part_path(chunk, "long")
         try:
-            data, counts = too_long_record(chunk, self.config.spool.max_line_bytes)
+            data, counts = too_long_output(chunk, self.config.spool.max_line_bytes, self.config.pipeline.stages)
             write_part(part, data, chunk.sync)
         except ChunkFailed as exc:
             self._events.append(Failed(chunk.key, exc.reason, exc.detail, exc.retry))

@@ -32,6 +32,7 @@ from distributed.security import Security
 
 from ipspool.config import ExecutorConfig
 from ipspool.dask_remote import STARTED_TOPIC, PipelineBundle, PipelinePlugin, run_chunk
+from ipspool.formats import Format
 
 __all__ = ["Begun", "ClusterLink", "Connected", "Finished", "Installed", "Notice", "Restarted", "SchedulerLost",
            "Unreachable", "WorkersSeen", "check_scheduler", "probe_scheduler", "security_for"]
@@ -146,12 +147,13 @@ class ClusterLink:
         self.thread.start()
 
     def submit(self, token: str, data: bytes, first_line: int, version: int, limit: int,
-               workers: list[str] | None) -> None:
+               workers: list[str] | None, fmt: Format | None = None, first_chunk: bool = True) -> None:
         """Hand one task to the client's thread; RuntimeError when not connected."""
         client = self.client
         if client is None or client.status != "running":
             raise RuntimeError("not connected to the scheduler")
-        future = client.submit(run_chunk, token, data, first_line, version, limit, key=f"ipspool-{token}",
+        future = client.submit(run_chunk, token, data, first_line, version, limit, fmt, first_chunk,
+                               key=f"ipspool-{token}",
                                pure=False, retries=0, workers=workers, allow_other_workers=False)
         self.futures[token] = future
         client.loop.add_callback(self._collect, token, future)

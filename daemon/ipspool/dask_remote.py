@@ -27,7 +27,8 @@ from typing import Any
 from distributed import WorkerPlugin, get_worker
 
 from ipspool.config import Config
-from ipspool.pipeline import Pipeline, load_pipeline, process_chunk
+from ipspool.formats import Format, process_chunk
+from ipspool.pipeline import Pipeline, load_pipeline
 from ipspool.protocol import Alert
 from ipspool.stages._files import FileStamp, stamp_path
 
@@ -109,9 +110,9 @@ class PipelinePlugin(WorkerPlugin):
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def run_chunk(token: str, data: bytes, first_line: int, version: int, limit: int) -> tuple[bytes, dict[str, int],
-                                                                                          list[Alert]]:
-    """The task: ``process_chunk`` on this worker's pipeline of at least ``version``.
+def run_chunk(token: str, data: bytes, first_line: int, version: int, limit: int, fmt: Format | None = None,
+              first_chunk: bool = True) -> tuple[bytes, dict[str, int], list[Alert]]:
+    """The task: ``formats.process_chunk`` on this worker's pipeline of at least ``version``.
 
     ``limit``: result bytes allowed (the output ratio); a larger result is
     not sent back, only its size (the daemon fails the file).
@@ -124,7 +125,7 @@ def run_chunk(token: str, data: bytes, first_line: int, version: int, limit: int
         raise StalePipeline(f"worker {worker.address} has pipeline version {have}, the chunk needs {version}")
     worker.log_event(STARTED_TOPIC, {"token": token, "worker": worker.address})
     alerts: list[Alert] = []
-    out, counts = process_chunk(data, first_line, pipeline, alerts)
+    out, counts = process_chunk(data, first_line, pipeline, alerts, fmt, first_chunk)
     if len(out) > limit:
         return b"", {"result_bytes": len(out)}, []
     return out, dict(counts), alerts[:pipeline.alert_cap]

@@ -25,12 +25,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ipspool.chunking import MIN_SPLIT, Chunk, chunk_bytes_for, split_steps
+from ipspool.chunking import MIN_SPLIT, Chunk, chunk_bytes_for
 from ipspool.clock import Clock
-from ipspool.compression import SNIFF_BYTES, CorruptInput, NoRoom, sniff
+from ipspool.compression import SNIFF_BYTES, CorruptInput, NoRoom, decompressed_name, sniff
 from ipspool.config import Config
 from ipspool.executor import Executor
 from ipspool.expansion import Expansion
+from ipspool.formats import Format, head_size, needs_head, select, split_chunks
 from ipspool.intake import Intake
 from ipspool.logs import get_logger
 from ipspool.outage import DiskOutage
@@ -69,6 +70,7 @@ class Job:
     counts: Counter[str] = field(default_factory=Counter)
     alerts_logged: int = 0
     assembly: Assembly = field(default_factory=Assembly)
+    format: Format = field(default_factory=Format)  # how it is read and its result written
     expansion: Expansion | None = None  # a compressed input: its plain copy, split instead of it
 
     @property
@@ -128,28 +130,35 @@ class JobBook:
 
     def open_job(self, claimed: Claimed, intake: Intake) -> Job | None:
         chunk_bytes = self.chunk_bytes_for(claimed.size, len(intake))
+        fd: int | None = None
         try:
-            # O_NONBLOCK: a producer's lease on the file must not stall the loop.
-            fd: int | None = os.open(claimed.path, _OPEN_FLAGS)
-            assert fd is not None
+            fd = self.open_input(claimed)
             kind = sniff(os.pread(fd, SNIFF_BYTES, 0)) if claimed.size else None
-        except BlockingIOError:
-            intake.reject(claimed.name, claimed.job_name, InputRejected("leased", LEASED))
+            fmt = Format()  # a compressed input's format is chosen once it is decompressed
+            if kind is None:
+                wants_head = needs_head(self.config, claimed.name)
+                head = os.pread(fd, head_size(self.config), 0) if wants_head else b""
+                fmt = select(self.config, claimed.name, head, claimed.size)
+        except InputRejected as exc:
+            if fd is not None:
+                os.close(fd)
+            intake.reject(claimed.name, claimed.job_name, exc)
             return None
         except OSError as exc:
-            intake.reject(claimed.name, claimed.job_name,
-                          InputRejected("unreadable", f"cannot open: {exc.strerror}"))
+            if fd is not None:
+                os.close(fd)
+            intake.reject(claimed.name, claimed.job_name, InputRejected("unreadable", f"read error: {exc.strerror}"))
             return None
-        if kind is None and claimed.size <= chunk_bytes:
-            os.close(fd)  # one chunk: the worker opens it itself
+        if kind is None and claimed.size - fmt.body_start <= chunk_bytes:
+            os.close(fd)  # one chunk: the worker reads it, the splitter need not
             fd = None
         self.seq += 1
-        job = Job(self.seq, claimed, None, fd, self.clock.monotonic())
+        job = Job(self.seq, claimed, None, fd, self.clock.monotonic(), format=fmt)
         if kind is not None:
             job.expansion = self.start_expansion(job, kind, len(intake))
         else:
-            job.chunks = split_steps(
-                fd if fd is not None else -1, claimed.size, chunk_bytes, self.config.spool.max_line_bytes,
+            job.chunks = split_chunks(
+                fmt, fd if fd is not None else -1, claimed.size, chunk_bytes, self.config.spool.max_line_bytes,
                 job=self.seq, path=claimed.path, dev=claimed.dev, ino=claimed.ino,
             )
         self.jobs[job.seq] = job
@@ -157,6 +166,17 @@ class JobBook:
         self.log.info("file.claimed", file=claimed.name, job=claimed.job_name, bytes=claimed.size,
                       **({"compression": kind} if kind else {}))
         return job
+
+    @staticmethod
+    def open_input(claimed: Claimed) -> int:
+        """The claimed file, opened for the sniff and the splitter; InputRejected if it cannot be."""
+        try:
+            # O_NONBLOCK: a producer's lease on the file must not stall the loop.
+            return os.open(claimed.path, _OPEN_FLAGS)
+        except BlockingIOError:
+            raise InputRejected("leased", LEASED) from None
+        except OSError as exc:
+            raise InputRejected("unreadable", f"cannot open: {exc.strerror}") from None
 
     # -- compressed inputs ----------------------------------------------------------
 
@@ -189,8 +209,16 @@ class JobBook:
         expansion.close_source()
         st = os.fstat(fd)
         job.fd = fd
-        job.chunks = split_steps(
-            fd, size, self.chunk_bytes_for(size, expansion.waiting), self.config.spool.max_line_bytes,
+        try:
+            head = os.pread(fd, head_size(self.config), 0)
+            job.format = select(self.config, decompressed_name(job.claimed.name), head, size)
+        except (InputRejected, OSError) as exc:
+            reason, detail = ((exc.reason, exc.detail) if isinstance(exc, InputRejected)
+                              else ("unreadable", f"decompressed copy: {exc.strerror or exc}"))
+            self.fail_job(job, reason, detail, compression=expansion.kind)
+            return False
+        job.chunks = split_chunks(
+            job.format, fd, size, self.chunk_bytes_for(size, expansion.waiting), self.config.spool.max_line_bytes,
             job=job.seq, path=expansion.path, dev=st.st_dev, ino=st.st_ino,
         )
         self.log.info("file.decompressed", file=job.claimed.name, job=job.claimed.job_name,

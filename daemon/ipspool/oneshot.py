@@ -36,14 +36,17 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import TextIO
 
-from ipspool.chunking import Chunk, chunk_bytes_for, split_file
-from ipspool.compression import SNIFF_BYTES, CorruptInput, expand, sniff
+from ipspool.chunking import Chunk, chunk_bytes_for
+from ipspool.compression import SNIFF_BYTES, CorruptInput, decompressed_name, expand, sniff
 from ipspool.config import Config
 from ipspool.exitcodes import ExitCode
+from ipspool.formats import Format, Work, chunk_work, head_size, select, split_chunks
+from ipspool.formats.work import too_long_output
 from ipspool.fsops import write_all
-from ipspool.parts import ChunkFailed, PartWriter, read_chunk, too_long_record, write_part
-from ipspool.pipeline import Pipeline, load_pipeline, process_chunk
+from ipspool.parts import ChunkFailed, PartWriter, read_chunk, write_part
+from ipspool.pipeline import Pipeline, load_pipeline
 from ipspool.progress import Progress
+from ipspool.spool import InputRejected
 
 __all__ = ["InputError", "process_files"]
 
@@ -64,6 +67,7 @@ class _Plain:
     size: int
     dev: int
     ino: int
+    format: Format  # chosen as the daemon chooses it (formats.select)
 
 
 # -- the child side -----------------------------------------------------------
@@ -99,13 +103,13 @@ def _child_chunk(chunk: Chunk) -> tuple[str, dict[str, int]] | tuple[str, str, s
     part = os.path.join(state.scratch, f"{os.getpid()}.{chunk.job}.{chunk.index}.part")
     try:
         if chunk.too_long:
-            data, counts = too_long_record(chunk, state.config.spool.max_line_bytes)
+            data, counts = too_long_output(chunk, state.config.spool.max_line_bytes, state.pipeline.names)
             write_part(part, data, sync=False)
             return part, dict(counts)
         raw = read_chunk(chunk)
         writer = PartWriter(part, len(raw), state.config.spool.max_output_ratio)
         total: Counter[str] = Counter()
-        for records, piece_counts in _run(state, raw, chunk.first_line):
+        for records, piece_counts in _run(state, chunk, raw):
             writer.write(records)
             total.update(piece_counts)
         writer.close(sync=False)
@@ -114,29 +118,30 @@ def _child_chunk(chunk: Chunk) -> tuple[str, dict[str, int]] | tuple[str, str, s
     return part, dict(total)
 
 
-def _run(state: _ChildState, raw: bytes, first_line: int) -> Iterator[tuple[bytes, Counter[str]]]:
-    """process_chunk on the whole chunk, or on one line-aligned piece per thread when a stage blocks."""
-    if state.threads is None:
-        yield process_chunk(raw, first_line, state.pipeline)
+def _run(state: _ChildState, chunk: Chunk, raw: bytes) -> Iterator[tuple[bytes, Counter[str]]]:
+    """The chunk's units (lines or records) on this thread, or in one batch per thread when a stage
+    blocks, as the daemon's workers batch them (``formats.chunk_work``)."""
+    work = chunk_work(chunk.format, raw, chunk.first_line, state.pipeline, chunk.index == 0)
+    if work.header:
+        yield work.header, Counter()
+    units = len(work)
+    if state.threads is None or units == 0:
+        yield _render(state.pipeline, work, 0, units)
         return
-    pieces = _line_pieces(raw, first_line, state.config.workers.threads)
-    futures = [state.threads.submit(process_chunk, data, first, state.pipeline) for data, first in pieces]
+    size = max(1, -(-units // state.config.workers.threads))
+    futures = [state.threads.submit(_render, state.pipeline, work, at, min(at + size, units))
+               for at in range(0, units, size)]
     for future in futures:
         yield future.result()
 
 
-def _line_pieces(raw: bytes, first_line: int, count: int) -> list[tuple[bytes, int]]:
-    """``raw`` cut at line ends into about ``count`` pieces, each with its first line number."""
-    step = max(1, -(-len(raw) // count))
-    pieces: list[tuple[bytes, int]] = []
-    start, line = 0, first_line
-    while start < len(raw):
-        end = raw.find(b"\n", min(len(raw), start + step) - 1)
-        end = len(raw) if end < 0 else end + 1
-        pieces.append((raw[start:end], line))
-        line += raw.count(b"\n", start, end)
-        start = end
-    return pieces or [(raw, first_line)]
+def _render(pipeline: Pipeline, work: Work, start: int, stop: int) -> tuple[bytes, Counter[str]]:
+    counts: Counter[str] = Counter()
+    try:
+        work.prefetch(start, stop, counts)  # batch stages (rdns) resolve the whole batch at once
+        return work.render(start, stop, counts, None), counts
+    finally:
+        pipeline.release()
 
 
 # -- the parent side ----------------------------------------------------------
@@ -189,7 +194,16 @@ class _OneShot:
         finally:
             os.close(fd)
         st = os.stat(path)
-        return _Plain(name, path, st.st_size, st.st_dev, st.st_ino)
+        return _Plain(name, path, st.st_size, st.st_dev, st.st_ino, self.format_of(name, path, st.st_size))
+
+    def format_of(self, name: str, path: str, size: int) -> Format:
+        """The format the daemon would give this input (by its name without a compression suffix)."""
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(head_size(self.config))
+            return select(self.config, decompressed_name(os.path.basename(name)), head, size)
+        except InputRejected as exc:
+            raise InputError(f"{name}: {exc.reason}: {exc.detail}") from None
 
     def spill(self, src: int, what: str) -> str:
         """Copy a stream to a scratch file (chunks are byte ranges of a file)."""
@@ -209,8 +223,9 @@ class _OneShot:
         fd = os.open(plain.path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             chunk_bytes = chunk_bytes_for(self.config, plain.size, 0)
-            chunks = split_file(fd, plain.size, chunk_bytes, self.config.spool.max_line_bytes,
-                                job=self.seq, path=plain.path, dev=plain.dev, ino=plain.ino)
+            steps = split_chunks(plain.format, fd, plain.size, chunk_bytes, self.config.spool.max_line_bytes,
+                                 job=self.seq, path=plain.path, dev=plain.dev, ino=plain.ino)
+            chunks = (chunk for chunk in steps if chunk is not None)  # None: "not yet" of a long line
             window: deque[tuple[Chunk, Future[tuple[str, dict[str, int]] | tuple[str, str, str]]]] = deque()
             limit = _IN_FLIGHT_PER_PROCESS * self.config.process_count
             for chunk in chunks:

@@ -193,6 +193,11 @@ class Pipeline:
             if callable(closer):
                 closer()
 
+    @property
+    def prefetches(self) -> bool:
+        """A stage resolves batches of addresses ahead (``prefetch`` has work to do)."""
+        return bool(self._prefetchers)
+
     def prefetch(self, lines: Sequence[bytes], first_line: int, counts: Counts,
                  beat: Callable[[], None] | None = None) -> None:
         """Let batch stages resolve the addresses of these lines at once, before
@@ -200,7 +205,11 @@ class Pipeline:
         ``beat`` reports progress while a stage waits (the worker's heartbeat)."""
         if not self._prefetchers:
             return
-        addresses = valid_addresses(lines, first_line, self.max_line_bytes)
+        self.prefetch_parsed(valid_addresses(lines, first_line, self.max_line_bytes), counts, beat)
+
+    def prefetch_parsed(self, addresses: list[ParsedAddress], counts: Counts,
+                        beat: Callable[[], None] | None = None) -> None:
+        """``prefetch`` for addresses some reader already found and parsed."""
         for stage in self._prefetchers:
             try:
                 counts.update(stage.prefetch(addresses, beat))  # type: ignore[attr-defined]

@@ -7,10 +7,10 @@ Run once, before any worker starts, on a ``Spool`` that is open:
   to its part has two links);
 - active/JOB with failed/JOB.error.json that we wrote for JOB: finish moving
   it to failed/;
-- active/JOB with results/JOB.summary.json of ours but no results/JOB.jsonl:
+- active/JOB with results/JOB.summary.json of ours but no results/JOB.jsonl (or JOB.csv):
   the commit was cut between the two links (the summary goes first), so the
   summary is removed and the job processed again;
-- active/JOB with results/JOB.jsonl that we could have written (a regular
+- active/JOB with results/JOB.jsonl (or JOB.csv) that we could have written (a regular
   file of ours with one link): published before the crash, so only step 3
   (retire) is left. Anything else at that name (a symlink, another user's
   file, a hard link) is not our result: the job fails as ``result_exists``,
@@ -37,7 +37,7 @@ from ipspool.fsops import rename_noreplace_at
 from ipspool.logs import get_logger
 from ipspool.spool import (
     ERROR_SUFFIX,
-    RESULT_SUFFIX,
+    RESULT_SUFFIXES,
     SUMMARY_SUFFIX,
     Spool,
     entry_exists,
@@ -106,8 +106,10 @@ class _Recovery:
             rename_noreplace_at(job_name, job_name, self.fds["active"], self.fds["failed"])
             out.failed.append(job_name)
             return
-        if entry_exists(job_name + RESULT_SUFFIX, self.fds["results"]):
-            if self.own_file("results", job_name + RESULT_SUFFIX) is None:
+        result = next((job_name + suffix for suffix in RESULT_SUFFIXES
+                       if entry_exists(job_name + suffix, self.fds["results"])), None)
+        if result is not None:
+            if self.own_file("results", result) is None:
                 detail = "a file we did not write holds the result name; nothing was overwritten"
                 error_file = self.spool.fail(job_name, "result_exists", detail, {"file": job_name})
                 self.log.error("file.failed", file=printable(job_name), job=printable(job_name),

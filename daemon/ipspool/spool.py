@@ -1,7 +1,7 @@
 """The on-disk protocol: every move of a file through the spool.
 
     tmp/ -> incoming/ -> active/ -> done/ (or deleted) | failed/ + NAME.error.json
-    results/NAME.jsonl and NAME.summary.json (written in results/.parts/, fsync'd, linked in)
+    results/NAME.jsonl (or NAME.csv) and NAME.summary.json (written in results/.parts/, fsync'd, linked in)
 
 rename() within one filesystem is the commit point of every step, and each
 step is made durable (file fsync, then the directories it touched) before the
@@ -19,8 +19,8 @@ duplication:
 
 A job's name is the input's name, made unique at claim time: it is free only
 if every name derived from it is (``job_entries``: active/JOB, done/JOB,
-failed/JOB, failed/JOB.error.json, results/JOB.jsonl, results/JOB.summary.json),
-and a name ending in
+failed/JOB, failed/JOB.error.json, results/JOB.jsonl, results/JOB.csv,
+results/JOB.summary.json), and a name ending in
 ``.error.json`` is never a job's, so no input in failed/ can ever stand where
 another job's error record goes. results/JOB.jsonl and failed/JOB.error.json
 therefore belong to exactly one input, and a crash between steps 2 and 3 is
@@ -51,6 +51,7 @@ from ipspool.fsops import rename_noreplace_at, write_all
 
 __all__ = [
     "LEASED",
+    "RESULT_SUFFIXES",
     "Claimed",
     "InputRejected",
     "Spool",
@@ -67,6 +68,7 @@ __all__ = [
 SUBDIRS = ("tmp", "incoming", "active", "done", "failed")
 RESULT_SUFFIX = ".jsonl"
 SUMMARY_SUFFIX = ".summary.json"
+RESULT_SUFFIXES = (RESULT_SUFFIX, ".csv")  # a rule may ask for CSV output (docs/inputs.md)
 ERROR_SUFFIX = ".error.json"
 PARTS = ".parts"
 _COPY_PIECE = 64 << 20
@@ -136,7 +138,7 @@ def job_entries(job_name: str) -> tuple[tuple[str, str], ...]:
         ("done", job_name),
         ("failed", job_name),
         ("failed", job_name + ERROR_SUFFIX),
-        ("results", job_name + RESULT_SUFFIX),
+        *(("results", job_name + suffix) for suffix in RESULT_SUFFIXES),
         ("results", job_name + SUMMARY_SUFFIX),
     )
 
@@ -593,10 +595,12 @@ class Spool:
             os.close(fd)
         return self.part_path(token)
 
-    def publish_result(self, part: str, job_name: str, summary: str | None = None) -> str:
-        """Link the summary in as results/JOB.summary.json, then the part as results/JOB.jsonl; never
-        overwrites. The summary goes first: one seen alone is a commit cut short (recovery removes it)."""
-        result = job_name + RESULT_SUFFIX
+    def publish_result(self, part: str, job_name: str, summary: str | None = None,
+                       suffix: str = RESULT_SUFFIX) -> str:
+        """Link the summary in as results/JOB.summary.json, then the part as results/JOB.jsonl (or
+        ``suffix``); never overwrites. The summary goes first: one seen alone is a commit cut short
+        (recovery removes it)."""
+        result = job_name + suffix
         if summary is not None:
             os.link(os.path.basename(summary), job_name + SUMMARY_SUFFIX,
                     src_dir_fd=self.fds["parts"], dst_dir_fd=self.fds["results"], follow_symlinks=False)
@@ -611,10 +615,10 @@ class Spool:
             raise
         return str(self.results / result)
 
-    def unpublish(self, job_name: str) -> None:
+    def unpublish(self, job_name: str, suffix: str = RESULT_SUFFIX) -> None:
         """Take back the links of a result whose directory fsync failed (the parts keep the data):
         the result first, so a summary is never left standing for a result that is gone."""
-        self._unlink_result_entry(job_name + RESULT_SUFFIX)
+        self._unlink_result_entry(job_name + suffix)
         self._unlink_result_entry(job_name + SUMMARY_SUFFIX)
 
     def _unlink_result_entry(self, entry: str) -> None:

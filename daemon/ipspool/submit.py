@@ -29,7 +29,7 @@ from pathlib import Path
 from ipspool.config import Config
 from ipspool.exitcodes import ExitCode
 from ipspool.fsops import rename_noreplace
-from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIX, fsync_dir, job_base, job_entries, job_name_candidates
+from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIXES, fsync_dir, job_base, job_entries, job_name_candidates
 
 __all__ = ["Submitted", "submit_bytes", "submit_files"]
 
@@ -131,10 +131,11 @@ def submit_one(config: Config, path: str) -> Submitted:
 
 
 def _outcome(config: Config, name: str) -> tuple[str, str] | None:
-    result = config.results_dir / (name + RESULT_SUFFIX)
     error = config.spool_dir / "failed" / (name + ERROR_SUFFIX)
-    if result.exists():
-        return "done", str(result)
+    for suffix in RESULT_SUFFIXES:  # JSON lines, or CSV when a rule asks for it
+        result = config.results_dir / (name + suffix)
+        if result.exists():
+            return "done", str(result)
     if error.exists():
         return "failed", str(error)
     return None

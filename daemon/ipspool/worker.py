@@ -35,6 +35,8 @@ from ipspool.chunking import Chunk
 from ipspool.clock import SYSTEM_CLOCK, Clock
 from ipspool.config import Config, ConfigError
 from ipspool.exitcodes import ExitCode
+from ipspool.formats import Work, chunk_work
+from ipspool.formats.work import too_long_output
 from ipspool.logs import (
     LogTarget,
     configure_logging,
@@ -44,8 +46,8 @@ from ipspool.logs import (
     install_crash_hooks,
     log_crash,
 )
-from ipspool.parts import ChunkFailed, PartWriter, part_path, read_chunk, too_long_record, write_part
-from ipspool.pipeline import Pipeline, load_pipeline, process_lines, split_lines
+from ipspool.parts import ChunkFailed, PartWriter, part_path, read_chunk, write_part
+from ipspool.pipeline import Pipeline, load_pipeline
 from ipspool.protocol import Alert, Done, Failed, FromWorker, Heartbeat, Ready, Refresh, RunChunk, Started, Stop
 from ipspool.spool import printable
 from ipspool.stats import StatsClient
@@ -231,36 +233,37 @@ class Worker:
         self.current = os.path.basename(chunk.path)
         try:
             if chunk.too_long:
-                data, counts = too_long_record(chunk, self.config.spool.max_line_bytes)
+                data, counts = too_long_output(chunk, self.config.spool.max_line_bytes, self.pipeline.names)
                 self.finish(chunk, part, data, counts)
                 return
             raw = read_chunk(chunk)
-            lines = split_lines(raw)
+            work = chunk_work(chunk.format, raw, chunk.first_line, self.pipeline, chunk.index == 0)
             del raw
             if self.pool is None:
-                self.run_inline(chunk, part, lines)
+                self.run_inline(chunk, part, work)
             else:
-                self.run_pooled(chunk, part, lines)
+                self.run_pooled(chunk, part, work)
         except ChunkFailed as exc:
             self.send(Failed(chunk.key, exc.reason, exc.detail, exc.retry))
         except OSError as exc:
             self.send(Failed(chunk.key, "unreadable", exc.strerror or str(exc), False))
 
-    def run_inline(self, chunk: Chunk, part: str, lines: list[bytes]) -> None:
+    def run_inline(self, chunk: Chunk, part: str, work: Work) -> None:
         """Batch by batch on this thread, each batch's records written as it is done."""
         counts: Counter[str] = Counter()
         alerts: list[Alert] = []
         writer = self.open_part(chunk, part)
-        for at in range(0, len(lines), _INLINE_BATCH):
-            batch = lines[at:at + _INLINE_BATCH]
-            writer.write(process_lines(batch, chunk.first_line + at, self.pipeline, counts, alerts))
+        if work.header:
+            writer.write(work.header)
+        for at in range(0, len(work), _INLINE_BATCH):
+            writer.write(work.render(at, at + _INLINE_BATCH, counts, alerts))
             self.beat()
             self.publish()
         writer.close(chunk.sync)
         self.done(chunk, part, counts, alerts)
         self.current = ""
 
-    def run_pooled(self, chunk: Chunk, part: str, lines: list[bytes]) -> None:
+    def run_pooled(self, chunk: Chunk, part: str, work: Work) -> None:
         assert self.pool is not None
         threads = self.config.workers.threads
         # Small batches when there are few lines, so a short file of slow
@@ -269,10 +272,13 @@ class Worker:
         # come in whole rounds of one per thread: 6,000 lines on 16 threads as
         # 24 batches of 256 take two rounds of 256 lines (8 threads idle in
         # the second); as 32 batches of 188, two rounds of 188 (issue 5).
-        rounds = max(1, -(-len(lines) // (threads * _MAX_POOL_BATCH)))
-        size = max(1, -(-len(lines) // (threads * rounds)))
-        starts = list(range(0, len(lines), size))
+        units = len(work)
+        rounds = max(1, -(-units // (threads * _MAX_POOL_BATCH)))
+        size = max(1, -(-units // (threads * rounds)))
+        starts = list(range(0, units, size))
         writer = self.open_part(chunk, part)
+        if work.header:
+            writer.write(work.header)
         if not starts:
             writer.close(chunk.sync)
             self.done(chunk, part, Counter(lines=0), [])
@@ -281,10 +287,10 @@ class Worker:
         with self.running_lock:
             self.running[chunk.key] = state
         for slot, at in enumerate(starts):
-            future = self.pool.submit(self.batch, state, slot, lines[at:at + size], chunk.first_line + at)
+            future = self.pool.submit(self.batch, state, slot, work, at, min(at + size, units))
             future.add_done_callback(self._check)
 
-    def batch(self, state: _Running, slot: int, lines: list[bytes], first: int) -> None:
+    def batch(self, state: _Running, slot: int, work: Work, start: int, stop: int) -> None:
         counts: Counter[str] = Counter()
         me = threading.get_ident()
         outputs = []
@@ -305,12 +311,11 @@ class Worker:
                 # Batch stages (rdns) resolve every address of the batch at
                 # once; the per-address calls below then find them waiting.
                 # A wait held up by the rate limit still counts as progress.
-                self.pipeline.prefetch(lines, first, counts, waiting)
-            for at in range(0, 0 if doomed else len(lines), _PROGRESS_STEP):
+                work.prefetch(start, stop, counts, waiting)
+            for at in range(start, start if doomed else stop, _PROGRESS_STEP):
                 with self.progress_lock:
                     self.progress[me] = self.clock.monotonic()
-                step = lines[at:at + _PROGRESS_STEP]
-                outputs.append(process_lines(step, first + at, self.pipeline, counts, state.alerts[slot]))
+                outputs.append(work.render(at, min(at + _PROGRESS_STEP, stop), counts, state.alerts[slot]))
         finally:
             self.pipeline.release()
             with self.progress_lock:

@@ -92,3 +92,16 @@ def test_tiny_rdns_benchmark_checks_every_record(tmp_path: Path) -> None:
     records = json.loads((tmp_path / "rdns.json").read_text())["rows"]
     assert {(r["system"], r["phase"]) for r in records} == {(s, p) for s in ("old", "new") for p in ("cold", "warm")}
     assert all(r["lookups_per_s"] > 0 for r in records)
+
+
+def test_tiny_formats_benchmark_checks_every_record(tmp_path: Path) -> None:
+    """``python -m bench.formats`` at a tiny size: each format's records are checked, then timed against plain."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.formats", "--lines", "500", "--rounds", "1", "--processes", "1",
+         "--out", str(tmp_path)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": python_path()}, capture_output=True, text=True, timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "formats.json").read_text())["formats"]
+    assert set(rows) == {"plain", "csv", "jsonl", "text"}
+    assert rows["plain"]["vs_plain"] == 1.0 and all(r["lines_per_s"] > 0 for r in rows.values())

@@ -103,6 +103,32 @@ def test_dask_results_are_byte_identical_to_the_local_executor(make_daemon: Call
     assert any(r.get("lists") == ["drop"] and r.get("asn") == 64500 for r in records)
 
 
+def test_dask_results_of_every_format_are_byte_identical_to_the_local_executor(
+        make_daemon: Callable[..., Daemon], cluster: DaskCluster) -> None:
+    """A multi-chunk CSV with quoted newlines (JSON lines and CSV out), JSON lines, text: the same bytes."""
+    from tests.e2e.test_formats_e2e import firewall_export
+
+    cluster.start_worker(threads=2)
+    export, _ = firewall_export(1500)
+    inputs = {"fw.csv": export, "fw-out.csv": export, "h.jsonl": b'{"ip": "192.0.2.1"}\nnope\n',
+              "a.log": b"from 192.0.2[.]9 and [2001:db8::1]:443\n"}
+    rules = [{"match": "fw-out.csv", "output": "csv"}]
+    outputs = []
+    for name, executor in (("local", {}), ("dask", dask_settings(cluster))):
+        d = make_daemon(name)
+        d.write_config(inputs=rules, workers={"chunk_bytes": 4096}, **executor)  # type: ignore[arg-type]
+        d.start()
+        for file, content in inputs.items():
+            d.drop(file, content)
+        paths = [d.results / (f + (".csv" if f == "fw-out.csv" else ".jsonl")) for f in inputs]
+        for path in paths:
+            wait_for(path.exists, 90, what=str(path))
+        outputs.append([path.read_bytes() for path in paths])
+        assert d.stop() == 0
+    assert outputs[0] == outputs[1]
+    assert outputs[1][1].startswith(b"line,column,input,ip,")
+
+
 def executor_metrics(prom: Path, kind: str, scheduler: str) -> dict[Any, float] | None:
     """The textfile's samples once it names this executor."""
     values = samples(prom.read_text()) if prom.exists() else {}

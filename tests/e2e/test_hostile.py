@@ -346,6 +346,16 @@ WRONG_TYPES: list[tuple[str, str, Any]] = [
     ("alerts", "disk_low_bytes", "lots"),
     ("metrics", "textfile", 5),
     ("metrics", "interval", "often"),
+    ("inputs", "match", 5),
+    ("inputs", "format", "xml"),
+    ("inputs", "column", 5),
+    ("inputs", "delimiter", 5),
+    ("inputs", "carry", "action"),
+    ("inputs", "field", 5),
+    ("inputs", "mode", "merge"),
+    ("inputs", "skip_reserved", "yes"),
+    ("inputs", "expand_cap", "many"),
+    ("inputs", "output", "xml"),
 ]
 
 # (section, key, a refused value just past the bound, an accepted value near it)
@@ -383,6 +393,10 @@ OUT_OF_BOUNDS: list[tuple[str, str, Any, Any]] = [
     ("metrics", "interval", 0, 1.0),
     ("metrics", "listen", "127.0.0.1:65536", "127.0.0.1:65535"),
     ("metrics", "listen", "::1:9464", "[::1]:9464"),
+    ("inputs", "expand_cap", -1, 0),
+    ("inputs", "expand_cap", 65537, 65536),
+    ("inputs", "match", "", "*.csv"),
+    ("inputs", "delimiter", ",,", ";"),
 ]
 
 
@@ -390,13 +404,19 @@ def config_with(section: str, key: str, value: Any) -> tuple[dict[str, Any], str
     """A configuration setting one key, and the prefix its problem must start with."""
     if section == "lists":
         return {"lists": [{"name": "l", "path": "/x", key: value}]}, f"lists.0.{key}:"
+    if section == "inputs":
+        # Each format's own keys are checked under that format (any other is refused for it).
+        fmt = {"column": "delimited", "delimiter": "delimited", "carry": "delimited", "field": "jsonl",
+               "mode": "jsonl", "skip_reserved": "text", "expand_cap": "networks"}.get(key)
+        rule = {"format": fmt} if fmt else {}
+        return {"inputs": [{**rule, key: value}]}, f"inputs.0.{key}:"
     return {section: {key: value}}, f"{section}.{key}:"
 
 
 def declared_keys() -> set[tuple[str, str]]:
     keys = set()
     for section, field in Config.model_fields.items():
-        model = get_args(field.annotation)[0] if section == "lists" else field.annotation
+        model = get_args(field.annotation)[0] if section in ("lists", "inputs") else field.annotation
         keys.update((section, key) for key in model.model_fields)  # type: ignore[union-attr]
     return keys
 

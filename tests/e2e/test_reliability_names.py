@@ -1,7 +1,7 @@
 """Job names: no input in failed/ can stand where another job's error record goes.
 
 A job's name is free only if every entry derived from it is (active/JOB,
-done/JOB, failed/JOB, failed/JOB.error.json, results/JOB.jsonl), and a name
+done/JOB, failed/JOB, failed/JOB.error.json, results/JOB.jsonl and JOB.csv), and a name
 ending in ``.error.json`` is never a job's (docs/durability.md, "Job names").
 """
 
@@ -94,7 +94,7 @@ def test_no_job_ever_shares_an_entry_with_another_whatever_the_arrival_order(tmp
 
     def entries(job: str) -> list[tuple[str, str]]:  # spool.job_entries, spelled out: the contract
         return [("active", job), ("done", job), ("failed", job), ("failed", job + ERROR_SUFFIX),
-                ("results", job + ".jsonl")]
+                ("results", job + ".jsonl"), ("results", job + ".csv")]
 
     names = ["x", "x.error.json", "x.1", "x.1.error.json", "x.jsonl", "x.error.json.error.json"]
     for n, order in enumerate(itertools.permutations(names)):

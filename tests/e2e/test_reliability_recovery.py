@@ -65,12 +65,20 @@ def test_recovery_fails_a_job_whose_result_name_holds_a_file_we_did_not_write(
     assert event["reason"] == "result_exists" and event["file"] == "x.txt"
 
 
-def test_recovery_retires_a_result_of_ours(spool: Spool) -> None:
-    """A regular single-link file of ours is taken as published: retired, not redone."""
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_recovery_retires_a_result_of_ours(spool: Spool, suffix: str) -> None:
+    """A regular single-link file of ours, JSON lines or CSV (output = "csv"), is taken as published."""
     (spool.root / "active" / "y.txt").write_text("1.1.1.1\n")
-    (spool.results / "y.txt.jsonl").write_text('{"line": 1}\n')
+    (spool.results / f"y.txt{suffix}").write_text('{"line": 1}\n')
     assert recover(spool, keep=True) == ([], ["y.txt"], [])
     assert (spool.root / "done" / "y.txt").exists()
+
+
+def test_a_csv_result_name_is_taken_like_a_jsonl_one(spool: Spool) -> None:
+    """results/x.csv holds the name x: the next x is claimed as x.1, whatever its output format."""
+    (spool.results / "x.csv").write_text("line\n")
+    (spool.root / "incoming" / "x").write_text("1.1.1.1\n")
+    assert spool.claim("x") == "x.1"
 
 
 def test_planted_symlink_at_a_result_name_before_a_restart_is_not_taken_as_published(

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import threading
 from pathlib import Path
 
 import pytest
 
-from ipspool.compression import CorruptInput, NoRoom, TooLarge, expand, sniff
-from ipspool.oneshot import _line_pieces
+from ipspool.compression import CorruptInput, NoRoom, TooLarge, decompressed_name, expand, sniff
 from tests.support.compressed import COMPRESSORS, compress
 
 DATA = b"".join(b"198.51.100.%d\n" % (i % 256) for i in range(50_000))
@@ -78,12 +76,11 @@ def test_an_abandoned_expansion_stops_and_leaves_no_output(tmp_path: Path) -> No
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("count", [1, 2, 3, 7, 16, 1000])
-@pytest.mark.parametrize("data", [b"", b"a", b"a\n", b"a\nbb\nccc", b"x\n" * 50, b"\n\n\nlong line\n"])
-def test_line_pieces_cover_the_chunk_on_line_ends_with_their_line_numbers(data: bytes, count: int) -> None:
-    """ipspool process's per-thread pieces: joined they are the chunk; each starts on a line, numbered."""
-    pieces = _line_pieces(data, 5, count)
-    assert b"".join(p for p, _ in pieces) == data
-    for (piece, first), (_, following) in itertools.pairwise(pieces):
-        assert piece.endswith(b"\n") and following == first + piece.count(b"\n")
-    assert pieces[0][1] == 5
+@pytest.mark.parametrize(("name", "read_as"), [
+    ("fw.csv.gz", "fw.csv"), ("FW.CSV.GZ", "FW.CSV"), ("x.jsonl.zst", "x.jsonl"), ("x.log.zstd", "x.log"),
+    ("a.txt.bz2", "a.txt"), ("a.xz", "a"), ("export.gzip", "export"),
+    ("plain.txt", "plain.txt"), (".gz", ".gz"), ("gz", "gz"), ("a.tar.gz", "a.tar"), ("a.gz.txt", "a.gz.txt"),
+])
+def test_a_compressed_input_is_read_by_its_name_without_the_compression_suffix(name: str, read_as: str) -> None:
+    """Rules and extensions see the name of the content: one compression suffix off, never the whole name."""
+    assert decompressed_name(name) == read_as

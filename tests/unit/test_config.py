@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -39,8 +40,11 @@ def test_example_file_documents_every_key() -> None:
     """Every declared key appears in the example file (so operators can find it)."""
     text = EXAMPLE.read_text()
     for section_name, field in Config.model_fields.items():
-        if section_name == "lists":
-            assert "[[lists]]" in text
+        if section_name in ("lists", "inputs"):
+            assert f"[[{section_name}]]" in text
+            model = get_args(field.annotation)[0]
+            for key in model.model_fields:
+                assert f"\n# {key} =" in text, f"{section_name}.{key}"
             continue
         section = field.annotation
         assert f"[{section_name}]" in text, section_name

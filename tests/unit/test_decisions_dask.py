@@ -30,7 +30,7 @@ class FakeLink:
         self.installed.append(package.version)
 
     def submit(self, token: str, data: bytes, first_line: int, version: int, limit: int,
-               workers: list[str] | None) -> None:
+               workers: list[str] | None, fmt: Any = None, first_chunk: bool = True) -> None:
         self.submitted.append((token, workers))
 
     def forget(self, token: str) -> None:

@@ -56,7 +56,7 @@ def test_the_base_of_a_name_counts_bytes_not_characters() -> None:
 def test_every_entry_a_job_owns_is_listed() -> None:
     assert job_entries("x") == (
         ("active", "x"), ("done", "x"), ("failed", "x"), ("failed", "x.error.json"), ("results", "x.jsonl"),
-        ("results", "x.summary.json"),
+        ("results", "x.csv"), ("results", "x.summary.json"),
     )
 
 

@@ -274,6 +274,16 @@ class ListsStage:
         table = tables.v4 if address.version == 4 else tables.v6
         return {"lists": list(table.lookup(int(address)))}
 
+    def overlap(self, version: int, first: int, last: int) -> tuple[list[str], list[str]]:
+        """Lists holding all of [first, last], and those holding only part of it (the networks format)."""
+        table = self._tables.v4 if version == 4 else self._tables.v6
+        low = bisect_right(table.starts, first) - 1
+        high = bisect_right(table.starts, last) - 1
+        segments = table.names[low:high + 1]
+        within = set(segments[0]).intersection(*segments[1:])
+        anywhere = set().union(*segments)
+        return sorted(within), sorted(anywhere - within)
+
     def _build_tables(self) -> _Tables:
         entries = [(item.name, self._loaded[item.name]) for item in self._configs]
         return _Tables(

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ipspool.config import Config, ListConfig
+from ipspool.config import Config, InputRule, ListConfig
 
 __all__ = ["render"]
 
@@ -136,6 +136,10 @@ def render() -> str:
         if section == "lists":
             out += ["## `[[lists]]`", "", "Repeat the table once per CIDR list (used by the `lists` stage).", ""]
             out += _table(ListConfig)
+        elif section == "inputs":
+            out += ["## `[[inputs]]`", "", "Repeat the table once per input rule; the first rule whose `match` "
+                    "glob matches a file's name chooses its reader ([inputs.md](inputs.md)).", ""]
+            out += _table(InputRule)
         else:
             model = field.annotation
             assert isinstance(model, type) and issubclass(model, BaseModel)
