@@ -6,7 +6,7 @@ import json
 import os
 from collections.abc import Callable
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, wait_for
 from tests.support.geodb import asn_db, country_db
 
 
@@ -45,8 +45,12 @@ def test_summary_beside_the_result_counts_classes_lists_countries_asns_and_error
                                                            {"value": "FR", "count": 600}]}
     assert summary["asns"] == {"distinct": 2, "top": [{"value": 64500, "count": 300},
                                                       {"value": 4200000000, "count": 300}]}
-    status = d.ipspool("status", "--json", "--config", str(d.config_path))
-    totals = json.loads(status.stdout)["totals"]
+    def published() -> dict[str, int] | None:  # the status file is rewritten at most 4 times a second
+        status = d.ipspool("status", "--json", "--config", str(d.config_path))
+        totals: dict[str, int] = json.loads(status.stdout)["totals"]
+        return totals if totals.get("files_done") == 1 else None
+
+    totals = wait_for(published, 30, 0.2, what="the file counted in the status totals")
     assert totals["error.not_an_address"] == 600
     assert not [k for k in totals if k.startswith(("country.", "asn."))]  # per file, never in the totals
     assert d.stop() == 0
