@@ -119,7 +119,7 @@ def _run_debian(minor: str, base: Path) -> subprocess.CompletedProcess[str]:
     script = _pytest_script("/tmp/v/bin/python", "/src")
     try:
         return subprocess.run(
-            ["systemd-nspawn", "--quiet", "--register=no", "--pipe", "-D", str(root), f"--bind-ro={REPO}:/src",
+            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe", "-D", str(root), f"--bind-ro={REPO}:/src",
              "--", "sh", "-c", setup + script[2]],
             capture_output=True, text=True, timeout=INSTALL_TIMEOUT + RUN_TIMEOUT, check=False,
         )
