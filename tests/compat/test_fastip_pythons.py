@@ -35,6 +35,7 @@ SUPPORTED = ("3.11", "3.12", "3.13")
 TESTS = ("tests/unit/test_fastip.py", "tests/unit/test_fastip_tables.py")
 TOOLS = ("pytest>=8.0", "pytest-timeout>=2.3", "hypothesis>=6.100")
 VENVS = REPO / "build" / "compat"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")
 # Seconds for making a virtualenv (pip fetches the tools) and for one run.
 INSTALL_TIMEOUT = 600
 RUN_TIMEOUT = 900
@@ -70,8 +71,10 @@ def _release_of(minor: str) -> str:
 
 
 # Decided at collection: every supported version with somewhere to run.
-WHERE = {minor: ("local" if local_interpreter(minor) else "debian") for minor in SUPPORTED
-         if local_interpreter(minor) or _release_of(minor)}
+# IPSPOOL_COMPAT_DEBIAN=1 prefers the Debian roots (what CI without pyenv does).
+_PREFER_DEBIAN = os.environ.get("IPSPOOL_COMPAT_DEBIAN") == "1"
+WHERE = {minor: ("debian" if _release_of(minor) and (_PREFER_DEBIAN or not local_interpreter(minor)) else "local")
+         for minor in SUPPORTED if local_interpreter(minor) or _release_of(minor)}
 
 
 def _venv(python: Path, minor: str) -> Path:
@@ -117,10 +120,14 @@ def _run_debian(minor: str, base: Path) -> subprocess.CompletedProcess[str]:
     tools = " ".join(shlex.quote(t) for t in TOOLS)
     setup = f"python3 -m venv /tmp/v && /tmp/v/bin/pip install -q --disable-pip-version-check {tools} && cd /tmp && "
     script = _pytest_script("/tmp/v/bin/python", "/src")
+    # pip in the root trusts what this machine trusts (as packaging/build-deb.sh does).
+    ca = [f"--bind-ro={HOST_CA}:/etc/ssl/host-ca.crt", "--setenv=PIP_CERT=/etc/ssl/host-ca.crt"]
+    if not HOST_CA.exists():
+        ca = []
     try:
         return subprocess.run(
-            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe", "-D", str(root), f"--bind-ro={REPO}:/src",
-             "--", "sh", "-c", setup + script[2]],
+            ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit", "--pipe", "-D", str(root), *ca,
+             f"--bind-ro={REPO}:/src", "--", "sh", "-c", setup + script[2]],
             capture_output=True, text=True, timeout=INSTALL_TIMEOUT + RUN_TIMEOUT, check=False,
         )
     finally:

@@ -320,7 +320,7 @@ def test_after_kill_9_the_metrics_no_longer_say_up(machine: Container) -> None:
         up = re.compile(r"^ipspool_up 1(\.0)?$", re.MULTILINE)
         wait_for(lambda: up.search(machine.run("cat", METRICS, check=False).stdout) is not None, 30, 0.2,
                  what="the metrics file to say ipspool_up 1")
-        machine.run("kill", "-9", str(machine.main_pid(UNIT)))
+        machine.run("sh", "-c", f"kill -9 {machine.main_pid(UNIT)}")  # minbase has no /bin/kill
         wait_for(lambda: machine.active(UNIT) in ("failed", "inactive"), 60, 0.2, what="ipspool to stop")
         assert up.search(machine.run("cat", METRICS, check=False).stdout) is None
     finally:
@@ -354,7 +354,11 @@ def test_upgrade_keeps_the_edited_config_without_a_prompt_and_restarts(machine: 
 
 
 def test_remove_stops_the_service_and_keeps_spool_and_config(machine: Container) -> None:
-    """apt remove stops ipspool; the results, the spool, the config and the users stay."""
+    """apt remove stops ipspool; the results, the spool, the config, the operator's own files and the users stay."""
+    # What an operator adds beside the conffile: a CIDR list and a drop-in.
+    machine.run("mkdir", "-p", "/etc/ipspool/lists")
+    machine.run("sh", "-c", "echo 192.0.2.0/24 > /etc/ipspool/lists/mine.txt")
+    machine.run("sh", "-c", f"printf '[workers]\\nthreads = 8\\n' > {DROPINS}/local.toml")
     machine.run("apt-get", "remove", "-y", "ipspool", timeout=300)
     assert machine.active(UNIT) in ("inactive", "unknown")
     # No process of the service user is left (minbase has no pgrep).
@@ -365,13 +369,12 @@ def test_remove_stops_the_service_and_keeps_spool_and_config(machine: Container)
     assert "# edited by the operator" in machine.run("cat", CONFIG).stdout
     assert machine.run("getent", "passwd", "ipspool").stdout.startswith("ipspool:")
     assert not machine.exists("/usr/lib/ipspool")
+    assert machine.run("cat", "/etc/ipspool/lists/mine.txt").stdout == "192.0.2.0/24\n"
+    assert machine.run("cat", f"{DROPINS}/local.toml").stdout == "[workers]\nthreads = 8\n"
 
 
 def test_purge_removes_what_the_package_installed_and_leaves_operator_files(machine: Container) -> None:
     """apt purge removes the conffile and systemd's record; lists, drop-ins, the spool and results stay."""
-    machine.run("mkdir", "-p", "/etc/ipspool/lists")
-    machine.run("sh", "-c", "echo 192.0.2.0/24 > /etc/ipspool/lists/mine.txt")
-    machine.run("sh", "-c", f"printf '[workers]\\nthreads = 8\\n' > {DROPINS}/local.toml")
     machine.run("apt-get", "purge", "-y", "ipspool", timeout=300)
     assert not machine.exists(CONFIG)
     assert machine.run("cat", "/etc/ipspool/lists/mine.txt").stdout == "192.0.2.0/24\n"
