@@ -17,9 +17,11 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tomllib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,9 @@ class Builds:
 
     def __init__(self, out: Path) -> None:
         self.out = out
+        # The test roots bootstrap (on a cold cache) while the packages build.
+        self.pool = ThreadPoolExecutor(len(RELEASES))
+        self.roots = {release: self.pool.submit(cached_root, release, "test") for release in RELEASES}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.logs: dict[str, Path] = {}
         for release in RELEASES:
@@ -77,6 +82,7 @@ class Builds:
                 self.procs[release] = subprocess.Popen(
                     [str(REPO / "packaging" / "build-deb.sh"), release], stdout=log, stderr=subprocess.STDOUT,
                     env={**os.environ, "IPSPOOL_DEB_REVISIONS": "1 2", "IPSPOOL_DEB_OUT": str(out)},
+                    start_new_session=True,  # its own process group: stop() ends the build and its nspawn
                 )
 
     def debs(self, release: str) -> dict[str, Path]:
@@ -85,10 +91,14 @@ class Builds:
         assert proc.returncode == 0, f"build-deb.sh {release} failed:\n{self.logs[release].read_text()[-4000:]}"
         return {version: next((self.out / release).glob(f"ipspool_{version}_*.deb")) for version in (FIRST, SECOND)}
 
+    def test_root(self, release: str) -> Path:
+        return self.roots[release].result(BUILD_TIMEOUT)
+
     def stop(self) -> None:
+        self.pool.shutdown(wait=True)
         for proc in self.procs.values():
             if proc.poll() is None:
-                proc.kill()  # our own build-deb.sh, by its pid
+                os.killpg(proc.pid, signal.SIGKILL)  # the group of our own build-deb.sh, by its id
                 proc.wait(30)
 
 
@@ -113,10 +123,11 @@ def debs(builds: Builds, release: str) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def machine(debs: dict[str, Path], release: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+def machine(builds: Builds, debs: dict[str, Path], release: str,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
     base = tmp_path_factory.mktemp(f"debian-{release}")
     root = base / "root"
-    unpack(cached_root(release, "test"), root)
+    unpack(builds.test_root(release), root)
     (root / DEBS.lstrip("/")).mkdir(parents=True)
     for deb in debs.values():
         shutil.copy(deb, root / DEBS.lstrip("/") / deb.name)
