@@ -1,13 +1,16 @@
 # The two commands of the README: `make demo` and `make test`.
 # Both create the virtualenv on first use; nothing else needs installing
-# beyond python3 (with venv) and make.
+# beyond python3 (with venv) and make. Run as root, `make test` also installs
+# the system packages the tests need (.ci/packages) before pytest, so no test
+# skips for want of a tool; as another user those tests skip and the run ends
+# by saying which and how to enable them.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint typecheck pytest crashpoints soak bench bench-tiny mutation mutation-report deb clean
+.PHONY: demo test system-packages lint typecheck pytest crashpoints soak bench bench-tiny mutation mutation-report deb clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -34,7 +37,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+system-packages:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then .ci/install-packages; fi
+
+pytest: $(STAMP) system-packages
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test: lint typecheck pytest
@@ -74,8 +80,11 @@ mutation: $(STAMP)
 mutation-report:
 	$(BIN)/python -m bench.mutation_report $(MUTATION_DIR)/mutants
 
+# dpkg-buildpackage -b -us -uc in a clean root of each release (needs root):
+# packaging/out/RELEASE/ipspool_VERSION_ARCH.deb. DEB_RELEASES=trixie for one.
+DEB_RELEASES ?= bookworm trixie
 deb:
-	packaging/build-deb.sh
+	packaging/build-deb.sh $(DEB_RELEASES)
 
 clean:
-	rm -rf $(VENV) build dist daemon/*.egg-info demo .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) build dist daemon/*.egg-info demo packaging/out .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -60,7 +60,7 @@ def main(venv: str, prefix: str) -> str:
         "Upstream-Name: ipspool",
         "",
         "Files: *",
-        "Copyright: 2024-2025 ipspool authors",
+        "Copyright: 2026 the ipspool authors",
         "License: MIT",
         "",
     ]

@@ -81,18 +81,40 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
         report.longrepr = f"{NO_SKIP}=1 but this module skipped: {reason}"
 
 
-def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """Every skip of the run, grouped by reason, with a count."""
-    reasons = Counter(_skip_reason(r) for r in terminalreporter.stats.get("skipped", [])
-                      if not hasattr(r, "wasxfail"))
-    if not reasons:
-        return
-    terminalreporter.section(f"skips by reason ({sum(reasons.values())})")
-    for reason, count in reasons.most_common():
-        allowed = " (allowlisted)" if _allowed(reason) else ""
-        terminalreporter.write_line(f"{count:4d}  {reason}{allowed}")
+# The one command that gives a run everything it needs: as root, `make test`
+# installs the system packages of .ci/packages before pytest (Makefile).
+ENABLE_ALL = "sudo make test"
+
+
+def _group(nodeid: str) -> str:
+    """A skipped test's group: its directory for the container suites, else its file."""
+    path = nodeid.split("::", maxsplit=1)[0]
+    parts = path.split("/")
+    return "/".join(parts[:2]) + "/" if len(parts) > 2 and parts[1] in ("system", "package", "compat") else path
+
+
+def skip_summary(skipped: list[Any], as_root: bool) -> list[str]:
+    """The lines that end a run with skips: each reason with its count, the groups skipped, what enables them."""
+    reasons = Counter(_skip_reason(r) for r in skipped)
+    lines = [f"{count:4d}  {reason}{' (allowlisted)' if _allowed(reason) else ''}"
+             for reason, count in reasons.most_common()]
+    groups = Counter(_group(r.nodeid) for r in skipped)
+    lines.append("skipped groups: " + ", ".join(f"{group} ({count})" for group, count in sorted(groups.items())))
+    if not as_root:
+        lines.append(f"to run them, install what they need and run as root: {ENABLE_ALL}")
     if not no_skip():
-        terminalreporter.write_line(f"set {NO_SKIP}=1 to make these failures (as .ci/run does)")
+        lines.append(f"set {NO_SKIP}=1 to make these failures (as .ci/run does)")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """Every skip of the run, grouped by reason and by group of tests, and how to run them all."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if not hasattr(r, "wasxfail")]
+    if not skipped:
+        return
+    terminalreporter.section(f"skips by reason ({len(skipped)})")
+    for line in skip_summary(skipped, as_root=os.geteuid() == 0):
+        terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)

@@ -135,17 +135,24 @@ _V4_STARTS, _V4_VERDICTS = _build_table(_V4_EDGES, _V4_BITS)
 _V6_STARTS, _V6_VERDICTS = _build_table(_v6_edges(_V4_EDGES), _V6_BITS)
 
 # Below ::1:0:0:0 sit ::/96 and ::ffff:0:0/96, the only ranges where glibc's
-# inet_ntop writes a dotted IPv4 tail ("::ffff:1.2.3.4") and ipaddress
-# (3.11) writes hextets ("::ffff:102:304").
+# inet_ntop writes a dotted IPv4 tail ("::ffff:1.2.3.4", "::1.2.3.4") and
+# ipaddress writes hextets ("::102:304"; "::ffff:102:304" before 3.13).
 _LOW_V6_END = (1 << 48).to_bytes(16, "big")
 
 
-def _low_v6_text(packed: bytes) -> str:
-    """Text for an address under ::1:0:0:0, as ipaddress writes it."""
+# Python 3.13 writes IPv4-mapped addresses with a dotted tail
+# ("::ffff:1.2.3.4", gh-87799); 3.11 and 3.12 write hextets ("::ffff:102:304").
+_MAPPED_DOTTED = str(ipaddress.IPv6Address(_MAPPED_PREFIX | 0x01020304)) == "::ffff:1.2.3.4"
+
+
+def _low_v6_text(packed: bytes, mapped_dotted: bool = _MAPPED_DOTTED) -> str:
+    """Text for an address under ::1:0:0:0, as this Python's ipaddress writes it."""
     n = int.from_bytes(packed, "big")
     high, low = n >> 16 & 0xFFFF, n & 0xFFFF
     if n >> 32 == 0xFFFF:
         # Five leading zero hextets always make the longest run.
+        if mapped_dotted:
+            return "::ffff:" + socket.inet_ntop(socket.AF_INET, packed[12:])
         return f"::ffff:{high:x}:{low:x}"
     if n >> 32 == 0:
         if high:
@@ -210,8 +217,22 @@ def _inet_pton_is_strict() -> bool:
     return True
 
 
-# On a libc that accepts more than glibc, every address takes the slow path.
-_FAST = _inet_pton_is_strict()
+def _constants_found() -> bool:
+    """Whether this Python's ipaddress still keeps its networks where ``_constant_networks`` looks.
+
+    ``_constants`` is private: a release that renames or removes it would
+    leave the tables cut only at classify's own networks, and a range could
+    then hide a network ipaddress treats differently. So the fast path needs
+    each family's constants to name at least its private networks
+    (tests/unit/test_fastip_tables.py checks the full set for each Python).
+    """
+    found = set(_constant_networks(ipaddress.IPv4Address)) | set(_constant_networks(ipaddress.IPv6Address))
+    return {ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fc00::/7")} <= found
+
+
+# On a libc that accepts more than glibc, or a Python whose ipaddress keeps
+# its networks elsewhere, every address takes the slow path.
+_FAST = _inet_pton_is_strict() and _constants_found()
 
 # Bound once: these run for every line.
 _inet_pton = socket.inet_pton

@@ -15,7 +15,7 @@ from typing import Any
 
 from tests.support.daemon import wait_for
 
-__all__ = ["NspawnContainer"]
+__all__ = ["NspawnContainer", "prepare_nspawn"]
 
 _NSPAWN_DIR = "/run/systemd/nspawn"
 
@@ -23,6 +23,16 @@ _NSPAWN_DIR = "/run/systemd/nspawn"
 def _mounted(path: str) -> bool:
     with open("/proc/self/mountinfo") as handle:
         return any(line.split()[4] == path for line in handle)
+
+
+def prepare_nspawn() -> None:
+    """Mount the tmpfs systemd-nspawn needs on /run/systemd/nspawn, unless it is there."""
+    if not _mounted(_NSPAWN_DIR):
+        # nspawn refuses without it ("Attempted to remove disk file system
+        # under /run/systemd/nspawn/propagate/..."); another test may have
+        # mounted it already, and then it is left alone.
+        os.makedirs(_NSPAWN_DIR, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", _NSPAWN_DIR], check=True)
 
 
 class NspawnContainer:
@@ -36,12 +46,7 @@ class NspawnContainer:
 
     def boot_nspawn(self, root_args: list[str]) -> None:
         """Boot with ``root_args`` (e.g. ``-D ROOT``) and wait until systemd has finished booting."""
-        if not _mounted(_NSPAWN_DIR):
-            # nspawn refuses without it ("Attempted to remove disk file system
-            # under /run/systemd/nspawn/propagate/..."); another test may have
-            # mounted it already, and then it is left alone.
-            os.makedirs(_NSPAWN_DIR, exist_ok=True)
-            subprocess.run(["mount", "-t", "tmpfs", "tmpfs", _NSPAWN_DIR], check=True)
+        prepare_nspawn()
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 ["systemd-nspawn", *root_args, "--register=no", "--keep-unit", "-M", self.name,

@@ -96,9 +96,50 @@ def test_low_ipv6_text_is_what_ipaddress_writes(n: int) -> None:
 
 
 def test_this_python_and_libc_take_the_fast_path() -> None:
-    """On glibc with Python 3.11 the checks hold, so the fast path is on (and stays honest)."""
+    """On glibc with Python 3.11, 3.12 or 3.13 the checks hold, so the fast path is on (and stays honest)."""
     assert fastip._low_v6_text_agrees() is True
     assert fastip._inet_pton_is_strict() is True
+    assert fastip._constants_found() is True
+    assert fastip._FAST is True
+
+
+# Networks every supported Python's ipaddress (3.11 to 3.13) consults for
+# is_private, is_reserved, is_link_local, is_multicast or is_loopback,
+# written out here rather than read from it.
+SPECIAL = ("0.0.0.0/8", "10.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.2.0/24",
+           "192.168.0.0/16", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24", "224.0.0.0/4", "240.0.0.0/4",
+           "255.255.255.255/32", "::1/128", "::/128", "::ffff:0:0/96", "2001:db8::/32", "fc00::/7", "fe80::/10",
+           "ff00::/8")
+
+
+def test_ipaddress_still_keeps_its_networks_where_the_fast_parser_reads_them() -> None:
+    """The tables come from the private IPv4Address._constants / IPv6Address._constants: fail loudly if they move.
+
+    A Python whose ipaddress keeps these networks elsewhere would only turn
+    the fast path off (``_constants_found``), not give wrong answers; this
+    test makes such a release visible instead of silently slow.
+    """
+    for cls in (V4, V6):
+        assert isinstance(getattr(cls, "_constants", None), type), (
+            f"{cls.__name__}._constants is gone from this Python's ipaddress: fastip._constant_networks "
+            "must read the networks from where this release keeps them")
+    found = set(fastip._constant_networks(V4)) | set(fastip._constant_networks(V6))
+    missing = [net for net in SPECIAL if ipaddress.ip_network(net) not in found]
+    assert not missing, f"ipaddress's constants no longer name {missing}: see fastip._constant_networks"
+
+
+def test_a_python_that_keeps_its_networks_elsewhere_turns_the_fast_path_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With nothing found in the constants, _constants_found says so (and _FAST is computed from it)."""
+    monkeypatch.setattr(fastip, "_constant_networks", lambda cls: iter(()))
+    assert fastip._constants_found() is False
+
+
+@pytest.mark.parametrize(("dotted", "text"), [(True, "::ffff:1.2.3.4"), (False, "::ffff:102:304")])
+def test_mapped_addresses_are_written_as_each_python_release_writes_them(dotted: bool, text: str) -> None:
+    """3.13 writes a dotted tail for IPv4-mapped addresses, 3.11 and 3.12 hextets; both are known."""
+    packed = ipaddress.IPv6Address("::ffff:1.2.3.4").packed
+    assert fastip._low_v6_text(packed, mapped_dotted=dotted) == text
+    assert fastip._low_v6_text(ipaddress.IPv6Address("::1.2.3.4").packed, mapped_dotted=dotted) == "::102:304"
 
 
 @pytest.mark.parametrize(("family", "text"), [(fastip.socket.AF_INET, "1.2.3"), (fastip.socket.AF_INET6, "::00001")])

@@ -6,7 +6,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
+
+from tests.conftest import ENABLE_ALL, skip_summary
 from tests.support.daemon import REPO
 
 SAMPLE = '''
@@ -61,3 +65,24 @@ def test_with_the_switch_every_skip_fails_and_an_xfail_stays_an_xfail(tmp_path: 
     assert done.stdout.count("IPSPOOL_NO_SKIP=1 but this test skipped:") == 3
     assert "1 passed" in done.stdout and "1 xfailed" in done.stdout
     assert "skips by reason" not in done.stdout
+
+
+def test_the_summary_names_the_skipped_groups_and_the_command_that_enables_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As non-root: the container suites by directory, other tests by file, and `sudo make test`."""
+    monkeypatch.delenv("IPSPOOL_NO_SKIP", raising=False)
+
+    def skipped(nodeid: str, reason: str) -> SimpleNamespace:
+        return SimpleNamespace(nodeid=nodeid, longrepr=(nodeid, 1, f"Skipped: {reason}"))
+
+    reports = [skipped("tests/system/test_systemd.py::test_a", "needs root"),
+               skipped("tests/system/test_systemd_nonetwork.py::test_b", "needs root"),
+               skipped("tests/package/test_deb.py::test_c[bookworm]", "needs root"),
+               skipped("tests/e2e/test_rdns.py::test_d", "dnsmasq is missing")]
+    lines = skip_summary(reports, as_root=False)
+    assert lines[:2] == ["   3  needs root", "   1  dnsmasq is missing"]
+    assert lines[2] == "skipped groups: tests/e2e/test_rdns.py (1), tests/package/ (1), tests/system/ (2)"
+    assert lines[3] == f"to run them, install what they need and run as root: {ENABLE_ALL}"
+    assert ENABLE_ALL == "sudo make test"
+    assert not any("run as root" in line for line in skip_summary(reports, as_root=True))
