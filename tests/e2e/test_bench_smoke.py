@@ -64,7 +64,10 @@ def test_tiny_benchmark_runs_the_dramatiq_rows(tiny_run: tuple[Path, dict[str, A
     if reason:
         pytest.skip(f"dramatiq rows: {reason}")
     _, data = tiny_run
-    assert data["skipped"] == {}
+    # IntelMQ needs its own virtualenv from the package index (python -m bench.intelmq --setup, which
+    # `make bench` runs); make test does not build it, and the enrichment test checks its row when it runs.
+    assert set(data["skipped"]) <= {"IntelMQ"}, data["skipped"]
+    assert all("bench.intelmq --setup" in why for why in data["skipped"].values())
     got = rows(data, DRAMATIQ)
     assert set(got) == {(w, s) for w in WORKLOADS for s in DRAMATIQ}
     assert all(r["lines_per_s"] > 0 for r in got.values())

@@ -99,7 +99,7 @@ class NspawnContainer:
             argv = self.as_user(user, argv)
         result = subprocess.run(
             ["nsenter", "-t", str(self.leader), "-a", *argv], input=stdin, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            timeout=timeout, check=False, env=container_env(),
         )
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(argv)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
@@ -110,3 +110,14 @@ class NspawnContainer:
 
     def exists(self, path: str) -> bool:
         return self.run("test", "-e", path, check=False).returncode == 0
+
+
+# What tests/conftest.py sets so that no test on the host reads the host's
+# /etc/ipspool: inside a container the real rule must apply (the package
+# tests check that `ipspool status` finds /etc/ipspool/ipspool.toml itself).
+_HOST_ONLY = ("IPSPOOL_TEST_SYSTEM_DIR", "IPSPOOL_CONFIG")
+
+
+def container_env() -> dict[str, str]:
+    """The environment nsenter passes into the container: the host's, less the host-only switches."""
+    return {k: v for k, v in os.environ.items() if k not in _HOST_ONLY}
