@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final
@@ -35,6 +36,14 @@ CREATE TABLE IF NOT EXISTS rdns (
 """
 _CHUNK: Final = 500  # addresses per SELECT ... IN (...)
 _TRIM_TO: Final = 0.9  # a trim leaves the table at this share of max_entries
+_OPEN_TRIES: Final = 10   # attempts to open a file another worker is setting up
+_OPEN_PAUSE: Final = 0.05  # seconds before the second attempt, doubling up to 1 s
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    """Is this "database is locked" (another connection holds a lock), not a real fault?"""
+    code = getattr(exc, "sqlite_errorcode", None)  # an extended code: its low byte is the primary one
+    return (code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)) or "locked" in str(exc)
 
 # (ptr, status, confirmed or None when not checked, expires)
 Entry = tuple[str | None, str, bool | None, float]
@@ -49,16 +58,38 @@ class DiskCache:
         self.max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self._db = self._connect()
         # No index on expires: it would double the cost of every write, and only
         # a trim (rare: once the table is full) reads in that order.
         # Rows this worker may have added since the table was last counted.
         self._added = 0
-        self._counted = self._count()
+
+    def _connect(self) -> sqlite3.Connection:
+        """The connection, in WAL mode, with the table there.
+
+        Workers start together and open the file together: while one turns a
+        new file to WAL (or creates the table), another's statement can get
+        "database is locked" at once, without the busy timeout. That is
+        retried, a bounded number of times (about 6.5 s in all), so that a
+        race at start-up does not leave a worker on its memory cache alone.
+        """
+        pause = _OPEN_PAUSE
+        for attempt in range(_OPEN_TRIES):
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            try:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.executescript(_SCHEMA)
+                self._counted = int(db.execute("SELECT count(*) FROM rdns").fetchone()[0])
+            except sqlite3.OperationalError as exc:
+                db.close()
+                if attempt == _OPEN_TRIES - 1 or not _busy(exc):
+                    raise
+            else:
+                return db
+            time.sleep(pause)
+            pause = min(1.0, pause * 2)
+        raise AssertionError("unreachable")
 
     def _count(self) -> int:
         row = self._db.execute("SELECT count(*) FROM rdns").fetchone()
