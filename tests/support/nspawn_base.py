@@ -60,7 +60,9 @@ class NspawnContainer:
         assert state in ("running", "degraded"), f"container {self.name} booted to {state!r}; see {self.log}"
 
     def _boot_state(self) -> str:
-        return self.run("systemctl", "is-system-running", "--wait", check=False, timeout=90).stdout.strip()
+        # "offline": systemctl could not reach the manager yet (too early in the boot): ask again.
+        state = self.run("systemctl", "is-system-running", "--wait", check=False, timeout=90).stdout.strip()
+        return "" if state == "offline" else state
 
     def _find_leader(self) -> int:
         """The container's PID 1: the child of our nspawn process, once it has exec'd systemd
