@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ipspool.configfiles import ConfigError, Discovered, Ignored, Layers, discover, read_layers
+from ipspool.spool import producer_subdir
 
 __all__ = [
     "AlertsConfig",
@@ -70,6 +71,7 @@ MAX_DNS_RATE = 10_000_000.0      # rdns.rate_limit: queries/s per nameserver
 MAX_DISK_CACHE = 1 << 30         # rdns.disk_cache_size: answers on disk
 MAX_CLUSTER_INFLIGHT = 1 << 20   # executor.max_inflight: chunks on a cluster at once
 MAX_EXPAND = 1 << 16             # inputs.expand_cap: addresses one network line may expand into
+MAX_SUBDIRS = 100                # spool.max_subdirs: each is an inotify instance and a thread of the watch
 
 Seconds = Annotated[float, Field(gt=0, le=DAY)]
 
@@ -104,6 +106,15 @@ class SpoolConfig(_Section):
     rescan_interval: Seconds = Field(
         10.0, description="Seconds between scans of incoming/ (inotify can drop events)."
     )
+    subdirs: tuple[str, ...] = Field(
+        (), description="Producer subdirectories the daemon creates in incoming/, with incoming/'s group and "
+                        "permissions: a file renamed into incoming/SUB/ becomes job SUB~NAME (docs/inputs.md)."
+    )
+    max_subdirs: Annotated[int, Field(ge=0, le=MAX_SUBDIRS)] = Field(
+        32, description="Producer subdirectories of incoming/ read, in name order (those of spool.subdirs and "
+                        "any other suitably named directory); 0: a directory in incoming/ is an input that "
+                        "goes to failed/."
+    )
     max_output_ratio: Annotated[int, Field(ge=1, le=10_000)] = Field(
         64, description="A chunk whose records outgrow this many times its input (+64 KiB) fails its file "
                         "as result_too_large."
@@ -122,6 +133,29 @@ class SpoolConfig(_Section):
         if not value:
             raise ValueError("the spool directory must be set")
         return value
+
+    @field_validator("subdirs", mode="before")
+    @classmethod
+    def _subdirs_tuple(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("subdirs")
+    @classmethod
+    def _subdir_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not producer_subdir(name):
+                raise ValueError(f"{name!r} is not a subdirectory name: 1 to 64 of A-Z a-z 0-9 _ . -, "
+                                 "not starting with . or -")
+        if len(set(value)) != len(value):
+            raise ValueError("a subdirectory is named twice")
+        return value
+
+    @model_validator(mode="after")
+    def _subdirs_fit_the_cap(self) -> SpoolConfig:
+        if len(self.subdirs) > self.max_subdirs:
+            raise ValueError(f"spool.subdirs names {len(self.subdirs)} subdirectories, more than "
+                             f"spool.max_subdirs = {self.max_subdirs}")
+        return self
 
 
 class WorkersConfig(_Section):
@@ -284,6 +318,10 @@ _FORMAT_KEYS = {  # keys that mean something to one format only, and the format
 class InputRule(_Section):
     match: Annotated[str, Field(min_length=1)] = Field(
         "*", description="Glob on the input's name (fnmatch, case-sensitive); the first matching rule wins."
+    )
+    subdir: str | None = Field(
+        None, description='Glob on the producer subdirectory of incoming/ the file came from ("" for incoming/ '
+                          "itself); unset: anywhere."
     )
     format: Literal["auto", "plain", "delimited", "jsonl", "text", "networks"] = Field(
         "auto", description="The reader; auto: by extension, then by content (docs/inputs.md)."

@@ -10,7 +10,8 @@ A scan offers a name only once it has settled: modified more than
 ``SETTLE`` seconds ago, or seen unchanged by an earlier scan (so a file whose
 mtime lies in the future is still claimed, one scan later).
 
-A claim is the rename incoming/NAME -> active/JOB; the claimed file is then
+A file in a producer subdirectory is named ``SUB/NAME`` here (``Spool.scan_incoming``).
+A claim is the rename incoming/NAME (or incoming/SUB/NAME) -> active/JOB; the claimed file is then
 opened without following links or blocking and checked (``Spool.inspect``).
 One that may not be read goes to failed/ with its reason, unread.
 """
@@ -19,13 +20,13 @@ from __future__ import annotations
 
 import errno
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from ipspool.clock import Clock
 from ipspool.logs import get_logger
 from ipspool.spool import Claimed, InputRejected, Spool
-from ipspool.watcher import OVERFLOW
+from ipspool.watcher import OVERFLOW, SUBDIR
 
 __all__ = ["SETTLE", "Intake"]
 
@@ -54,18 +55,24 @@ class Intake:
         self.unclaimable: dict[str, float] = {}  # names whose rename failed, with their mtime
         self.sightings: dict[str, _Sighting] = {}  # unsettled names seen by a scan
         self.paused_for = ""  # why claiming is paused (results disk outage), or ""
+        self.follow: Callable[[Mapping[str, object]], list[str]] = lambda subdirs: []  # the watch (Supervisor.start)
+        self.unwatched: set[str] = set()  # subdirectories read by scans only (warned about once)
+        self.over_cap: set[str] = set()  # subdirectories past spool.max_subdirs (warned about once)
 
     # -- names in --------------------------------------------------------------
 
-    def take_names(self, names: list[str]) -> bool:
-        """Names from the watch; True when inotify overflowed (a rescan is due)."""
-        overflow = False
+    def take_names(self, names: list[str]) -> str:
+        """Names from the watch; why a rescan is due now ("overflow": inotify dropped events,
+        "subdir": a directory appeared in incoming/), or ""."""
+        why = ""
         for name in names:
             if name == OVERFLOW:
-                overflow = True
+                why = "overflow"
+            elif name == SUBDIR:
+                why = why or "subdir"
             else:
                 self.offer(name, self.clock.time(), fresh=True)
-        return overflow
+        return why
 
     def offer(self, name: str, seen: float, fresh: bool = False) -> None:
         if name not in self.waiting:
@@ -88,11 +95,24 @@ class Intake:
         except OSError as exc:
             self.log.error("spool.scan_failed", error=str(exc))
             return 0
+        self.watch_subdirs()
         self.unclaimable = {n: m for n, m in self.unclaimable.items() if n in present}
         self.sightings = {n: s for n, s in self.sightings.items() if n in present and n not in self.waiting}
         if found:
             self.log.debug("spool.rescan", found=found, backlog=len(self.waiting))
         return found
+
+    def watch_subdirs(self) -> None:
+        """Keep the watch on the subdirectories the scan read; say once which cannot be watched or read."""
+        unwatched = set(self.follow(self.spool.incoming.subdirs))
+        for sub in sorted(unwatched - self.unwatched):
+            self.log.warning("spool.subdir_unwatched", subdir=sub,
+                             note="no inotify watch (fs.inotify.max_user_instances?); read by rescans only")
+        over = set(self.spool.incoming.over_cap)
+        for sub in sorted(over - self.over_cap):
+            self.log.warning("spool.subdir_ignored", subdir=sub, max_subdirs=self.spool.incoming.max_subdirs,
+                             note="more producer subdirectories than spool.max_subdirs; its files wait")
+        self.unwatched, self.over_cap = unwatched, over
 
     def settled(self, name: str, mtime: float, now: float) -> bool:
         if mtime <= now - SETTLE:

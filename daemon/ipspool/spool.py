@@ -1,6 +1,6 @@
 """The on-disk protocol: every move of a file through the spool.
 
-    tmp/ -> incoming/ -> active/ -> done/ (or deleted) | failed/ + NAME.error.json
+    tmp/ -> incoming/ (or incoming/SUB/) -> active/ -> done/ (or deleted) | failed/ + NAME.error.json
     results/NAME.jsonl (or NAME.csv) and NAME.summary.json (written in results/.parts/, fsync'd, linked in)
 
 rename() within one filesystem is the commit point of every step, and each
@@ -16,6 +16,12 @@ duplication:
    found without its result was cut short here, and recovery removes it;
 3. the input is renamed active/JOB -> done/JOB (or unlinked) and both
    directories are fsync'd.
+
+A producer may also rename its file into a subdirectory of incoming/ of its
+own (``incoming/SUB/NAME``, one level; ``producer_subdir``); its job is then
+named ``SUB~NAME`` (``job_stem``), so active/, done/, failed/ and results/
+stay flat, and the job name alone still says where the file came from
+(``job_source``): start-up recovery reads it again with the same rule.
 
 A job's name is the input's name, made unique at claim time: it is free only
 if every name derived from it is (``job_entries``: active/JOB, done/JOB,
@@ -37,6 +43,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import threading
 import time
@@ -53,6 +60,7 @@ __all__ = [
     "LEASED",
     "RESULT_SUFFIXES",
     "Claimed",
+    "Incoming",
     "InputRejected",
     "Spool",
     "SpoolError",
@@ -61,8 +69,11 @@ __all__ = [
     "fsync_dir",
     "job_entries",
     "job_name_candidates",
+    "job_source",
+    "job_stem",
     "path_problems",
     "printable",
+    "producer_subdir",
 ]
 
 SUBDIRS = ("tmp", "incoming", "active", "done", "failed")
@@ -75,6 +86,10 @@ _COPY_PIECE = 64 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NAME_MAX = 255
+SUBDIR_SEP = "~"  # incoming/SUB/NAME is job SUB~NAME
+# A producer subdirectory's name: what an operator would type, nothing a
+# shell, a URL or the job name's separator would trip on.
+_SUBDIR_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")
 _NOT_REGULAR = {
     stat.S_IFDIR: "a directory",
     stat.S_IFIFO: "a FIFO",
@@ -126,6 +141,38 @@ def job_base(name: str) -> str:
     # fsencode: a name need not be UTF-8 (its bytes come back as surrogates).
     raw = os.fsencode(name)
     return name if len(raw) <= room else os.fsdecode(raw[:room])
+
+
+def producer_subdir(name: str) -> bool:
+    """May a directory of this name in incoming/ be a producer's subdirectory?
+
+    1 to 64 characters of ``A-Z a-z 0-9 _ . -``, not starting with ``.`` or
+    ``-``. A directory named otherwise is an input like any other (it goes to
+    failed/ as ``not_regular_file``).
+    """
+    return _SUBDIR_NAME.fullmatch(name) is not None
+
+
+def job_stem(name: str) -> str:
+    """The name a job is made from: ``SUB/NAME`` (a file in a producer subdirectory) becomes ``SUB~NAME``."""
+    sub, sep, base = name.partition("/")
+    return f"{sub}{SUBDIR_SEP}{base}" if sep else name
+
+
+def job_source(name: str) -> tuple[str, str]:
+    """(subdirectory, name) a file came from, given its name in incoming/ or its job name.
+
+    ``SUB/NAME`` and ``SUB~NAME`` are both (SUB, NAME) when SUB is a valid
+    subdirectory name; anything else is ("", name). The job name carries the
+    subdirectory, so a job recovered at start-up gets the rule it got when
+    it was claimed; a file dropped at the top level under a name of that
+    shape is read as if it had come from that subdirectory.
+    """
+    for sep in ("/", SUBDIR_SEP):
+        sub, found, base = name.partition(sep)
+        if found and base and producer_subdir(sub):
+            return sub, base
+    return "", name
 
 
 def job_entries(job_name: str) -> tuple[tuple[str, str], ...]:
@@ -342,6 +389,100 @@ class OwnerCheck:
         return member
 
 
+class Incoming:
+    """incoming/ and its producer subdirectories: what waits there, and where each name is.
+
+    A producer subdirectory (``producer_subdir``; the first ``max_subdirs``
+    in name order) is not a name itself: its entries are, as ``SUB/NAME``.
+    Each is opened without following links whenever it is used, never kept
+    open: a producer may rename it away or swap it for a link at any time.
+    """
+
+    def __init__(self) -> None:
+        self.fd = -1  # incoming/ (Spool.open)
+        self.max_subdirs = 0  # spool.max_subdirs; 0: a directory is an input like any other
+        self.subdirs: dict[str, tuple[int, int]] = {}  # the subdirectories the last scan read, by (dev, inode)
+        self.over_cap: list[str] = []  # and those it left alone
+        self.touched: set[str] = set()  # subdirectories claimed from since the last sync
+
+    def scan(self, path: Path) -> Iterator[tuple[str, float]]:
+        subdirs: dict[str, tuple[int, int]] = {}
+        with os.scandir(path) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if self.max_subdirs and stat.S_ISDIR(st.st_mode) and producer_subdir(entry.name):
+                    subdirs[entry.name] = (st.st_dev, st.st_ino)
+                    continue
+                yield entry.name, st.st_mtime
+        names = sorted(subdirs)
+        self.subdirs = {sub: subdirs[sub] for sub in names[:self.max_subdirs]}
+        self.over_cap = names[self.max_subdirs:]
+        for sub in self.subdirs:
+            try:
+                fd = self.subdir_fd(sub)
+            except OSError:
+                continue  # gone, or replaced by something else, since the listing
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        if entry.name.startswith("."):
+                            continue
+                        try:
+                            mtime = entry.stat(follow_symlinks=False).st_mtime
+                        except FileNotFoundError:
+                            continue
+                        yield f"{sub}/{entry.name}", mtime
+            finally:
+                os.close(fd)
+
+    def subdir_fd(self, sub: str) -> int:
+        return os.open(sub, _DIR_FLAGS, dir_fd=self.fd)
+
+    def where(self, name: str) -> tuple[int, str]:
+        """(directory fd, entry) of a name from ``scan``; hand the fd back to ``done_with``."""
+        sub, sep, entry = name.partition("/")
+        return (self.subdir_fd(sub), entry) if sep else (self.fd, name)
+
+    def done_with(self, fd: int) -> None:
+        if fd != self.fd:
+            os.close(fd)
+
+    def mtime(self, name: str) -> float:
+        try:
+            fd, entry = self.where(name)
+        except OSError:
+            return -1.0
+        try:
+            return os.stat(entry, dir_fd=fd, follow_symlinks=False).st_mtime
+        except OSError:
+            return -1.0
+        finally:
+            self.done_with(fd)
+
+    def claimed_from(self, name: str) -> None:
+        sub, sep, _ = name.partition("/")
+        if sep:
+            self.touched.add(sub)
+
+    def sync(self) -> None:
+        fsync_dir(self.fd)
+        for sub in sorted(self.touched):
+            try:
+                fd = self.subdir_fd(sub)
+            except OSError:
+                continue  # removed since: nothing in it can come back
+            try:
+                fsync_dir(fd)
+            finally:
+                os.close(fd)
+        self.touched.clear()
+
+
 class Spool:
     """The spool and results directories, held open by file descriptor."""
 
@@ -352,20 +493,33 @@ class Spool:
         self.run = ""  # this run's folder in results/.parts/ (start_run)
         self.abandon = threading.Event()  # set at shutdown: stop copying
         self.acl_unsupported: list[str] = []  # tmp/, incoming/ on a filesystem without ACLs (create)
+        self.incoming = Incoming()
 
     # -- setting up -------------------------------------------------------
 
-    def create(self, producer_gid: int | None = None) -> None:
+    def create(self, producer_gid: int | None = None, subdirs: tuple[str, ...] = ()) -> None:
         """Create missing directories with the permissions of the protocol.
 
         incoming/ and tmp/ are group-writable (and setgid) for producers when
-        a producer group is given; everything else is the daemon's alone.
+        a producer group is given, and so are the producer subdirectories of
+        incoming/ named in ``subdirs``; everything else is the daemon's alone.
         """
         try:
             self._create(producer_gid)
+            self.create_subdirs(subdirs, producer_gid)
         except OSError as exc:
             where = exc.filename or self.root
             raise SpoolError(f"{where}: cannot create the directory: {exc.strerror}") from None
+
+    def create_subdirs(self, subdirs: tuple[str, ...], producer_gid: int | None) -> None:
+        """incoming/SUB for each name, with incoming/'s mode, group and default ACL (spool.subdirs)."""
+        for sub in subdirs:
+            path = self.root / "incoming" / sub
+            if path.is_symlink():
+                raise SpoolError(f"{path}: is a symbolic link; refusing to follow it")
+            path.mkdir(mode=0o750, exist_ok=True)
+            if producer_gid is not None:
+                self._open_to_producers(path, producer_gid)
 
     def _create(self, producer_gid: int | None) -> None:
         # A symlink in place of one of our directories would redirect every
@@ -379,36 +533,42 @@ class Spool:
             path = self.root / sub
             path.mkdir(mode=0o750, exist_ok=True)
             if sub in ("tmp", "incoming") and producer_gid is not None:
-                # setgid: what producers write belongs to their group, which
-                # the daemon is in; sticky: no producer can rename or delete
-                # another's file. Touched only when wrong, so a sandbox that
-                # forbids chown/setgid chmod (the unit's) is fine once
-                # tmpfiles.d has set them.
-                st = path.stat()
-                if st.st_gid != producer_gid:
-                    os.chown(path, -1, producer_gid)
-                if stat.S_IMODE(st.st_mode) != 0o3770:
-                    path.chmod(0o3770)
-                # A producer's file is readable by itself and the service,
-                # not by the producer group (other producers): a default ACL.
-                # Root reads without it, so it names the service user only
-                # when the daemon is not root.
-                euid = os.geteuid()
-                if not ensure_private_default_acl(path, euid if euid != 0 else None):
-                    self.acl_unsupported.append(str(path))
+                self._open_to_producers(path, producer_gid)
         self.results.mkdir(parents=True, exist_ok=True, mode=0o750)
         (self.results / PARTS).mkdir(exist_ok=True, mode=0o700)
+
+    def _open_to_producers(self, path: Path, producer_gid: int) -> None:
+        # setgid: what producers write belongs to their group, which the
+        # daemon is in; sticky: no producer can rename or delete another's
+        # file. Touched only when wrong, so a sandbox that forbids
+        # chown/setgid chmod (the unit's) is fine once tmpfiles.d has set them.
+        st = path.stat()
+        if st.st_gid != producer_gid:
+            os.chown(path, -1, producer_gid)
+        if stat.S_IMODE(st.st_mode) != 0o3770:
+            path.chmod(0o3770)
+        # A producer's file is readable by itself and the service, not by
+        # the producer group (other producers): a default ACL. Root reads
+        # without it, so it names the service user only when the daemon is
+        # not root. (A directory a producer makes in incoming/ inherits that
+        # ACL, which gives the service no write access to it: producer
+        # subdirectories are made by the daemon, from spool.subdirs.)
+        euid = os.geteuid()
+        if not ensure_private_default_acl(path, euid if euid != 0 else None):
+            self.acl_unsupported.append(str(path))
 
     def open(self) -> None:
         for sub in SUBDIRS:
             self.fds[sub] = _open_dir(self.root / sub)
         self.fds["results"] = _open_dir(self.results)
+        self.incoming.fd = self.fds["incoming"]
         self.fds["parts"] = self.fds["all_parts"] = _open_dir(self.results / PARTS)
 
     def close(self) -> None:
         for fd in set(self.fds.values()):
             os.close(fd)
         self.fds.clear()
+        self.incoming.fd = -1
         self.run = ""
 
     def start_run(self) -> None:
@@ -447,8 +607,8 @@ class Spool:
         return any(entry_exists(entry, self.fds[where]) for where, entry in job_entries(job_name))
 
     def unique_job_name(self, name: str) -> str:
-        """``name``, or ``name.N`` for the smallest N whose every entry is free (``job_entries``)."""
-        for candidate in job_name_candidates(name):
+        """``name`` (``job_stem``), or ``name.N`` for the smallest N whose every entry is free (``job_entries``)."""
+        for candidate in job_name_candidates(job_stem(name)):
             if not self._taken(candidate):
                 return candidate
         raise SpoolError(f"no free job name for {name!r}")
@@ -456,35 +616,32 @@ class Spool:
     # -- the steps --------------------------------------------------------
 
     def scan_incoming(self) -> Iterator[tuple[str, float]]:
-        """Names waiting in incoming/ with their mtimes, dotfiles skipped."""
-        with os.scandir(self.root / "incoming") as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                try:
-                    mtime = entry.stat(follow_symlinks=False).st_mtime
-                except FileNotFoundError:
-                    continue
-                yield entry.name, mtime
+        """Names waiting in incoming/ with their mtimes, dotfiles skipped (``Incoming.scan``)."""
+        return self.incoming.scan(self.root / "incoming")
 
     def mtime_in_incoming(self, name: str) -> float:
-        try:
-            return os.stat(name, dir_fd=self.fds["incoming"], follow_symlinks=False).st_mtime
-        except OSError:
-            return -1.0
+        return self.incoming.mtime(name)
 
     def claim(self, name: str) -> str | None:
-        """Rename incoming/NAME into active/; None when it is already gone."""
+        """Rename incoming/NAME (or incoming/SUB/NAME) into active/; None when it is already gone."""
         job_name = self.unique_job_name(name)
         try:
-            os.rename(name, job_name, src_dir_fd=self.fds["incoming"], dst_dir_fd=self.fds["active"])
+            fd, entry = self.incoming.where(name)
+        except FileNotFoundError:
+            return None  # the subdirectory went with it
+        try:
+            os.rename(entry, job_name, src_dir_fd=fd, dst_dir_fd=self.fds["active"])
         except FileNotFoundError:
             return None
+        finally:
+            self.incoming.done_with(fd)
+        self.incoming.claimed_from(name)
         return job_name
 
     def sync_claims(self) -> None:
-        """Make a batch of claims durable (one fsync per directory)."""
-        fsync_dir(self.fds["incoming"])
+        """Make a batch of claims durable (one fsync per directory: incoming/, the subdirectories
+        claimed from, active/)."""
+        self.incoming.sync()
         fsync_dir(self.fds["active"])
 
     def inspect(self, name: str, job_name: str, max_bytes: int,

@@ -157,6 +157,7 @@ class Supervisor:
         # Threads start only now, after the forkserver exists: no fork ever
         # happens in a process that runs the observer.
         self.watcher.start()
+        self.intake.follow = self.watcher.follow
         self.reporter.open_server(config.metrics.listen)
         self.selector.register(self.watcher.wake_r, selectors.EVENT_READ, self.on_watcher)
         self.selector.register(self.sig_r, selectors.EVENT_READ, self.on_wakeup)
@@ -171,7 +172,8 @@ class Supervisor:
     def prepare_spool(self) -> None:
         """Create (or check) the spool's folders, their producer group and ACLs; open them."""
         gid = producer_gid(self.config, self.config_path)
-        self.spool.create(gid)
+        self.spool.create(gid, self.config.spool.subdirs)
+        self.spool.incoming.max_subdirs = self.config.spool.max_subdirs
         if gid is not None and self.config.spool.check_owner:
             self.intake.owner_ok = OwnerCheck(gid)
         if self.spool.acl_unsupported:
@@ -188,12 +190,7 @@ class Supervisor:
             # this run; the start goes on (nothing can be written yet anyway).
             self.log.warning("spool.run_folder_failed", error=exc.strerror or str(exc),
                              note="this run's parts go to results/.parts/ itself")
-        for job_name in finished:
-            self.log.info("file.recovered", file=job_name, action="retired", note="result was published before a stop")
-        for job_name in failed:
-            self.log.info("file.recovered", file=job_name, action="failed", note="failure was recorded before a stop")
-        for job_name in redo:
-            self.log.info("file.recovered", file=job_name, action="reprocess", note="interrupted; processing again")
+        log_recovered(finished, failed, redo)
         self.intake.recovered.extend(redo)
 
     def shutdown(self) -> None:
@@ -251,8 +248,10 @@ class Supervisor:
             pass
 
     def on_watcher(self, _sock: object) -> None:
-        if self.intake.take_names(self.watcher.drain()):
+        why = self.intake.take_names(self.watcher.drain())
+        if why == "overflow":
             self.log.warning("watch.overflow", note="inotify dropped events; rescanning incoming/")
+        if why:
             self.intake.rescan()
             # That scan skipped files younger than SETTLE, which are the very
             # ones whose events were lost: look again once they settled.
@@ -418,6 +417,7 @@ class Supervisor:
         self.book.config = new
         self.intake.max_file_bytes = new.spool.max_file_bytes
         self.intake.owner_ok = owner_check(new, self.config_path, self.intake.owner_ok)
+        add_subdirs(self.spool, new, self.config_path)
         self.committer.reconfigure(new.spool.keep_processed, new.spool.summary_top)
         self.generation += 1
         self.executor.reconfigure(new, self.generation)
@@ -485,6 +485,25 @@ def producer_gid(config: Config, source: str | None) -> int | None:
         return grp.getgrnam(name).gr_gid
     except KeyError:
         raise ConfigError(source or "<config>", (f"spool.producer_group: no group {name!r}",)) from None
+
+
+def log_recovered(finished: list[str], failed: list[str], redo: list[str]) -> None:
+    log = get_logger()
+    for job_name in finished:
+        log.info("file.recovered", file=job_name, action="retired", note="result was published before a stop")
+    for job_name in failed:
+        log.info("file.recovered", file=job_name, action="failed", note="failure was recorded before a stop")
+    for job_name in redo:
+        log.info("file.recovered", file=job_name, action="reprocess", note="interrupted; processing again")
+
+
+def add_subdirs(spool: Spool, new: Config, source: str | None) -> None:
+    """At a reload: make the producer subdirectories the new configuration names; the next scan reads them."""
+    spool.incoming.max_subdirs = new.spool.max_subdirs
+    try:
+        spool.create_subdirs(new.spool.subdirs, producer_gid(new, source))
+    except (OSError, SpoolError, ConfigError) as exc:
+        get_logger().error("spool.subdir_failed", error=str(exc), note="not created; the others are read")
 
 
 def owner_check(config: Config, source: str | None,

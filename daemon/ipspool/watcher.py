@@ -12,6 +12,13 @@ Which events mean "complete":
 Anything else (a hard link, a FIFO or symlink made in place) is found by the
 periodic rescan, which also covers events inotify dropped. A queue overflow
 (IN_Q_OVERFLOW) triggers an immediate rescan.
+
+Producer subdirectories (incoming/SUB/) get a watch each, not one recursive
+watch of incoming/: a producer's tree of directories inside its own must not
+cost the daemon an inotify watch per directory. ``follow`` keeps the watches
+in step with the subdirectories the last scan read; a directory made in, or
+moved into, incoming/ asks the loop for a scan (``SUBDIR``). A name from
+incoming/SUB/ comes out as ``SUB/NAME``.
 """
 
 from __future__ import annotations
@@ -21,19 +28,25 @@ import logging
 import os
 import queue
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 
 from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
     FileClosedEvent,
     FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
+from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
-__all__ = ["OVERFLOW", "IncomingWatcher"]
+__all__ = ["OVERFLOW", "SUBDIR", "IncomingWatcher"]
 
 OVERFLOW = "\0overflow"  # a queue item that asks the loop for a rescan
+SUBDIR = "\0subdir"  # one that asks for a scan: a directory appeared in incoming/
+_EVENTS = [FileMovedEvent, FileClosedEvent, DirCreatedEvent, DirMovedEvent]
 
 
 class _Handler(FileSystemEventHandler):
@@ -45,10 +58,20 @@ class _Handler(FileSystemEventHandler):
     def _offer(self, path: str | bytes) -> None:
         path = os.fsdecode(path)
         parent, name = os.path.split(path)
-        if parent != self.incoming or not name or name.startswith("."):
+        if not name or name.startswith("."):
             return
+        if parent != self.incoming:
+            above, sub = os.path.split(parent)
+            if above != self.incoming:
+                return
+            name = f"{sub}/{name}"
         self.names.put(name)
         self.poke()
+
+    def _new_directory(self, path: str | bytes) -> None:
+        if os.path.dirname(os.fsdecode(path)) == self.incoming:
+            self.names.put(SUBDIR)
+            self.poke()
 
     def poke(self) -> None:
         try:
@@ -59,6 +82,12 @@ class _Handler(FileSystemEventHandler):
     def on_moved(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileMovedEvent) and not event.is_directory:
             self._offer(event.dest_path)
+        elif isinstance(event, DirMovedEvent):
+            self._new_directory(event.dest_path)
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if isinstance(event, DirCreatedEvent):
+            self._new_directory(event.src_path)
 
     def on_closed(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileClosedEvent) and not event.is_directory:
@@ -113,6 +142,7 @@ class IncomingWatcher:
         self._handler = _Handler(self.incoming, self.names, wake_w)
         self._spotter = _OverflowSpotter(self._handler)
         self._observer: InotifyObserver | None = None
+        self._subdirs: dict[str, tuple[ObservedWatch, object]] = {}  # name -> (watch, identity)
 
     def start(self) -> None:
         _no_move_pairing_delay()
@@ -124,13 +154,42 @@ class IncomingWatcher:
         # watch (tmp/) is a move with an empty source, not a "created" that
         # would look the same as a file opened for writing in place.
         observer = InotifyObserver(generate_full_events=True)
-        observer.schedule(
-            self._handler, self.incoming, recursive=False,
-            event_filter=[FileMovedEvent, FileClosedEvent],
-        )
+        observer.schedule(self._handler, self.incoming, recursive=False, event_filter=_EVENTS)
         observer.daemon = True
         observer.start()
         self._observer = observer
+
+    def follow(self, subdirs: Mapping[str, object]) -> list[str]:
+        """Watch exactly these subdirectories of incoming/ (name -> identity: its device and inode);
+        return the ones that could not be watched.
+
+        A subdirectory replaced by another of the same name (a new identity)
+        gets a new watch: inotify watches the directory, not its name. One
+        that cannot be watched (the inotify limits:
+        fs.inotify.max_user_instances, max_user_watches) is still read by
+        every rescan.
+        """
+        if self._observer is None:
+            return []
+        for sub in [s for s, (_, ident) in self._subdirs.items() if subdirs.get(s) != ident]:
+            try:
+                self._observer.unschedule(self._subdirs.pop(sub)[0])
+            except (KeyError, OSError):
+                pass  # its emitter ended when the directory went
+        failed = []
+        for sub in sorted(subdirs.keys() - self._subdirs.keys()):
+            try:
+                watch = self._observer.schedule(self._handler, os.path.join(self.incoming, sub), recursive=False,
+                                                event_filter=[FileMovedEvent, FileClosedEvent])
+            except OSError:
+                failed.append(sub)
+            else:
+                self._subdirs[sub] = (watch, subdirs[sub])
+        return failed
+
+    @property
+    def watched(self) -> list[str]:
+        return sorted(self._subdirs)
 
     def drain(self) -> list[str]:
         """Names reported since the last call (the wake-up bytes are eaten too)."""
@@ -151,6 +210,7 @@ class IncomingWatcher:
             self._observer.stop()
             self._observer.join(timeout=5)
             self._observer = None
+            self._subdirs.clear()
         logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._spotter)
 
     def simulate_overflow(self) -> None:

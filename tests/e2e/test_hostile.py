@@ -229,12 +229,13 @@ def test_links_sockets_and_directories_are_never_followed_or_read(make_daemon: C
     (incoming / "to-spool-file").symlink_to(d.spool / "done" / "real.txt")
     listener = socket.socket(socket.AF_UNIX)
     listener.bind(str(incoming / "sock"))
-    (incoming / "dir").mkdir()
-    (incoming / "dir" / "inner.txt").write_text("8.8.8.8\n")
+    # Not a producer subdirectory's name (those are read: tests/e2e/test_subdirs_e2e.py).
+    (incoming / "a dir").mkdir()
+    (incoming / "a dir" / "inner.txt").write_text("8.8.8.8\n")
     expected = {
         "hard": ("hard_link", "2 links"), "shadow": ("not_regular_file", "symbolic link"),
         "dangling": ("not_regular_file", "symbolic link"), "to-spool-file": ("not_regular_file", "symbolic link"),
-        "sock": ("not_regular_file", "socket"), "dir": ("not_regular_file", "directory"),
+        "sock": ("not_regular_file", "socket"), "a dir": ("not_regular_file", "directory"),
     }
     for name, (reason, detail) in expected.items():
         failure = d.wait_failed(name)
@@ -298,6 +299,8 @@ WRONG_TYPES: list[tuple[str, str, Any]] = [
     ("spool", "results_dir", 5),
     ("spool", "runtime_dir", ["a"]),
     ("spool", "keep_processed", "yes"),
+    ("spool", "subdirs", "firewall"),
+    ("spool", "max_subdirs", "many"),
     ("spool", "max_file_bytes", "many"),
     ("spool", "max_line_bytes", "many"),
     ("spool", "max_decompressed_bytes", "many"),
@@ -347,6 +350,7 @@ WRONG_TYPES: list[tuple[str, str, Any]] = [
     ("metrics", "textfile", 5),
     ("metrics", "interval", "often"),
     ("inputs", "match", 5),
+    ("inputs", "subdir", 5),
     ("inputs", "format", "xml"),
     ("inputs", "column", 5),
     ("inputs", "delimiter", 5),
@@ -368,6 +372,10 @@ OUT_OF_BOUNDS: list[tuple[str, str, Any, Any]] = [
     ("spool", "rescan_interval", 0, 1.0),
     ("spool", "max_output_ratio", 0, 1),
     ("spool", "max_output_ratio", 10001, 10000),
+    ("spool", "max_subdirs", -1, 0),
+    ("spool", "max_subdirs", 101, 100),
+    ("spool", "subdirs", ["a b"], ["a.b-c_d"]),
+    ("spool", "subdirs", ["x~y"], ["x-y"]),
     ("rdns", "max_in_flight", 0, 1),
     ("rdns", "rate_limit", -1, 0),
     ("rdns", "disk_cache_size", -1, 0),

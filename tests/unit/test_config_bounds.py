@@ -21,6 +21,7 @@ BOUNDS: list[tuple[str, str, int | float, int | float]] = [
     ("spool", "summary_top", 1000, 1001),
     ("spool", "rescan_interval", DAY, DAY + 0.5),
     ("spool", "max_output_ratio", 10_000, 10_001),
+    ("spool", "max_subdirs", 100, 101),
     ("workers", "processes", 1024, 1025),
     ("workers", "threads", 4096, 4097),
     ("workers", "chunk_bytes", 1 << 30, (1 << 30) + 1),

@@ -16,15 +16,16 @@ from ipspool import reporting
 from ipspool.config import load_config
 from ipspool.intake import Intake
 from ipspool.reporting import StatsLink
-from ipspool.spool import InputRejected
+from ipspool.spool import Incoming, InputRejected
 from tests.support.fakes import FakeClock, FakeSelector
 
 
 class FakeSpool:
-    """incoming/ as a dict of name -> mtime; each step fails when the test says so."""
+    """incoming/ as a dict of name -> mtime (``files``); each step fails when the test says so."""
 
     def __init__(self, clock: FakeClock) -> None:
-        self.incoming: dict[str, float] = {}
+        self.files: dict[str, float] = {}
+        self.incoming = Incoming()  # no producer subdirectories
         self.clock = clock
         self.claim_error: OSError | None = None
         self.scan_error: OSError | None = None
@@ -36,16 +37,16 @@ class FakeSpool:
     def scan_incoming(self) -> Iterator[tuple[str, float]]:
         if self.scan_error is not None:
             raise self.scan_error
-        yield from list(self.incoming.items())
+        yield from list(self.files.items())
 
     def mtime_in_incoming(self, name: str) -> float:
-        return self.incoming[name]
+        return self.files[name]
 
     def claim(self, name: str) -> str | None:
         self.claims.append(name)
         if self.claim_error is not None:
             raise self.claim_error
-        del self.incoming[name]
+        del self.files[name]
         return name
 
     def inspect(self, name: str, job_name: str, max_file_bytes: int, owner_ok: Any = None) -> Any:
@@ -69,7 +70,7 @@ def make_intake() -> tuple[Intake, FakeSpool, FakeClock]:
 def test_a_name_that_cannot_be_moved_is_logged_and_left_until_it_changes() -> None:
     """spool.claim_failed (EACCES): no claim, no crash; later scans skip it until its mtime changes."""
     intake, spool, clock = make_intake()
-    spool.incoming["dir-of-a-producer"] = clock.time() - 60
+    spool.files["dir-of-a-producer"] = clock.time() - 60
     spool.claim_error = PermissionError(errno.EACCES, "Permission denied")
     assert intake.rescan() == 1
     with capture_logs() as logs:
@@ -77,7 +78,7 @@ def test_a_name_that_cannot_be_moved_is_logged_and_left_until_it_changes() -> No
     assert [(e["event"], e["file"], e["error"]) for e in logs] == [
         ("spool.claim_failed", "dir-of-a-producer", "Permission denied")]
     assert intake.rescan() == 0  # skipped while unchanged
-    spool.incoming["dir-of-a-producer"] = clock.time() - 30  # it changed: offered again
+    spool.files["dir-of-a-producer"] = clock.time() - 30  # it changed: offered again
     spool.claim_error = None
     assert intake.rescan() == 1
     assert intake.claim_next() == ("dir-of-a-producer", "dir-of-a-producer")
@@ -96,7 +97,7 @@ def test_an_unlistable_incoming_is_logged_and_the_scan_finds_nothing() -> None:
 def test_a_rejected_input_that_cannot_go_to_failed_stays_and_is_counted() -> None:
     """spool.fail_failed: file.rejected, then the move to failed/ fails; the file is counted as failed."""
     intake, spool, clock = make_intake()
-    spool.incoming["fifo"] = clock.time() - 60
+    spool.files["fifo"] = clock.time() - 60
     intake.rescan()
     claimed = intake.claim_next()
     assert claimed == ("fifo", "fifo")

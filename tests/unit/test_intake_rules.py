@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,19 +14,22 @@ from structlog.testing import capture_logs
 
 from ipspool.intake import SETTLE
 from ipspool.spool import InputRejected
-from ipspool.watcher import OVERFLOW
+from ipspool.watcher import OVERFLOW, SUBDIR
 from tests.unit.test_decisions_jobs import drop, make
 
 
 def test_take_names_reports_overflow_and_offers_every_other_name_once(tmp_path: Path) -> None:
-    """OVERFLOW means a rescan is due; names around it are offered, a repeated name only once."""
+    """OVERFLOW and SUBDIR mean a rescan is due (OVERFLOW says so louder); names around them are offered,
+    a repeated name only once."""
     sup, _, _ = make(tmp_path)
     intake = sup.intake
-    assert intake.take_names(["a", "b"]) is False
-    assert intake.take_names(["c", OVERFLOW, "a"]) is True
-    assert len(intake) == 3
-    assert [name for name, _ in intake.fresh] == ["a", "b", "c"]
-    assert intake.take_names([]) is False
+    assert intake.take_names(["a", "b"]) == ""
+    assert intake.take_names(["c", OVERFLOW, "a"]) == "overflow"
+    assert intake.take_names(["fw/d", SUBDIR]) == "subdir"
+    assert intake.take_names([OVERFLOW, SUBDIR]) == intake.take_names([SUBDIR, OVERFLOW]) == "overflow"
+    assert len(intake) == 4
+    assert [name for name, _ in intake.fresh] == ["a", "b", "c", "fw/d"]
+    assert intake.take_names([]) == ""
 
 
 def test_the_backlog_age_is_the_oldest_wait_and_never_negative(tmp_path: Path) -> None:
@@ -225,3 +229,36 @@ def test_every_rejection_counts(tmp_path: Path) -> None:
         drop(sup, name, b"x")
         sup.intake.reject(name, name, InputRejected("hard_link", "2 links"))
     assert sup.reporter.totals["files_failed"] == 2
+
+
+def test_a_scan_keeps_the_watch_on_its_subdirectories_and_warns_once_of_each_it_cannot_watch_or_read(
+        tmp_path: Path) -> None:
+    """spool.subdir_unwatched and spool.subdir_ignored come once per subdirectory, again only after it recovered."""
+    sup, _, _ = make(tmp_path)
+    intake = sup.intake
+    intake.spool.incoming.max_subdirs = 2
+    for sub in ("a", "b", "c"):
+        (sup.spool.root / "incoming" / sub).mkdir()
+    followed: list[list[str]] = []
+    unwatchable = {"b"}
+
+    def follow(subdirs: Mapping[str, object]) -> list[str]:
+        followed.append(list(subdirs))
+        return sorted(unwatchable & set(subdirs))
+    intake.follow = follow
+    with capture_logs() as logs:
+        intake.rescan()
+        intake.rescan()
+    assert followed == [["a", "b"], ["a", "b"]]
+    assert [(e["event"], e["subdir"]) for e in logs] == [("spool.subdir_unwatched", "b"),
+                                                         ("spool.subdir_ignored", "c")]
+    assert logs[1]["max_subdirs"] == 2
+    unwatchable.clear()
+    intake.spool.incoming.max_subdirs = 3
+    with capture_logs() as logs:
+        intake.rescan()
+    assert logs == [] and followed[-1] == ["a", "b", "c"]
+    unwatchable.add("b")
+    with capture_logs() as logs:
+        intake.rescan()
+    assert [(e["event"], e["subdir"]) for e in logs] == [("spool.subdir_unwatched", "b")]

@@ -1,5 +1,10 @@
 """Which reader a file gets: the first ``[[inputs]]`` rule whose glob matches
-its name, else a default by extension, else a look at its first bytes.
+its name (and whose ``subdir`` glob matches the producer subdirectory it came
+from), else a default by extension, else a look at its first bytes.
+
+``name`` is the file's name in incoming/ (``SUB/NAME`` from a producer
+subdirectory) or its job name (``SUB~NAME``), which a start-up recovery
+passes: both give the same choice (``spool.job_source``).
 
 ``select`` runs in the supervisor when a file is claimed, before it is split.
 For a delimited file it also reads the header (the first record), finds the
@@ -18,7 +23,7 @@ import orjson
 from ipspool.config import Config, InputRule
 from ipspool.formats import delimited
 from ipspool.formats.spec import Format
-from ipspool.spool import InputRejected
+from ipspool.spool import InputRejected, job_source
 
 __all__ = ["ADDRESS_COLUMNS", "ADDRESS_PATHS", "BY_EXTENSION", "needs_head", "rule_for", "select"]
 
@@ -37,12 +42,14 @@ HEAD_BYTES = 1 << 16  # read to sniff a file of unknown kind
 
 
 def rule_for(config: Config, name: str) -> InputRule | None:
-    """The first rule whose ``match`` glob matches the file's name."""
-    return next((rule for rule in config.inputs if fnmatchcase(name, rule.match)), None)
+    """The first rule whose ``match`` glob matches the file's name and whose ``subdir`` glob its subdirectory."""
+    sub, base = job_source(name)
+    return next((rule for rule in config.inputs if fnmatchcase(base, rule.match)
+                 and (rule.subdir is None or fnmatchcase(sub, rule.subdir))), None)
 
 
 def _by_extension(name: str) -> str | None:
-    return BY_EXTENSION.get(os.path.splitext(name)[1].lower())
+    return BY_EXTENSION.get(os.path.splitext(job_source(name)[1])[1].lower())
 
 
 def needs_head(config: Config, name: str) -> bool:
