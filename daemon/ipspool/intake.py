@@ -58,6 +58,7 @@ class Intake:
         self.follow: Callable[[Mapping[str, object]], list[str]] = lambda subdirs: []  # the watch (Supervisor.start)
         self.unwatched: set[str] = set()  # subdirectories read by scans only (warned about once)
         self.over_cap: set[str] = set()  # subdirectories past spool.max_subdirs (warned about once)
+        self.unreadable: set[str] = set()  # subdirectories a scan could not read (warned about once)
 
     # -- names in --------------------------------------------------------------
 
@@ -112,7 +113,11 @@ class Intake:
         for sub in sorted(over - self.over_cap):
             self.log.warning("spool.subdir_ignored", subdir=sub, max_subdirs=self.spool.incoming.max_subdirs,
                              note="more producer subdirectories than spool.max_subdirs; its files wait")
-        self.unwatched, self.over_cap = unwatched, over
+        unreadable = self.spool.incoming.unreadable
+        for sub in sorted(unreadable.keys() - self.unreadable):
+            self.log.warning("spool.subdir_unreadable", subdir=sub, error=unreadable[sub],
+                             note="the service user needs read and search permission on it; its files wait")
+        self.unwatched, self.over_cap, self.unreadable = unwatched, over, set(unreadable)
 
     def settled(self, name: str, mtime: float, now: float) -> bool:
         if mtime <= now - SETTLE:

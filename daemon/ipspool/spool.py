@@ -322,6 +322,14 @@ def private_default_acl(reader_uid: int | None) -> bytes:
     return struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
+def _drop_access_acl(path: Path) -> None:
+    try:
+        os.removexattr(path, "system.posix_acl_access", follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+
+
 def acl_entries(raw: bytes) -> list[tuple[int, int, int]]:
     """(tag, perm, id) of an ACL in its extended-attribute form."""
     import struct
@@ -403,6 +411,7 @@ class Incoming:
         self.max_subdirs = 0  # spool.max_subdirs; 0: a directory is an input like any other
         self.subdirs: dict[str, tuple[int, int]] = {}  # the subdirectories the last scan read, by (dev, inode)
         self.over_cap: list[str] = []  # and those it left alone
+        self.unreadable: dict[str, str] = {}  # and those it could not read, with why
         self.touched: set[str] = set()  # subdirectories claimed from since the last sync
 
     def scan(self, path: Path) -> Iterator[tuple[str, float]]:
@@ -422,23 +431,33 @@ class Incoming:
         names = sorted(subdirs)
         self.subdirs = {sub: subdirs[sub] for sub in names[:self.max_subdirs]}
         self.over_cap = names[self.max_subdirs:]
+        self.unreadable = {}
         for sub in self.subdirs:
             try:
                 fd = self.subdir_fd(sub)
-            except OSError:
-                continue  # gone, or replaced by something else, since the listing
+            except FileNotFoundError:
+                continue  # gone since the listing
+            except OSError as exc:  # replaced by a link or a file, or no search permission for us
+                self.unreadable[sub] = exc.strerror or str(exc)
+                continue
             try:
-                with os.scandir(fd) as entries:
-                    for entry in entries:
-                        if entry.name.startswith("."):
-                            continue
-                        try:
-                            mtime = entry.stat(follow_symlinks=False).st_mtime
-                        except FileNotFoundError:
-                            continue
-                        yield f"{sub}/{entry.name}", mtime
+                yield from self._scan_subdir(sub, fd)
+            except OSError as exc:
+                self.unreadable[sub] = exc.strerror or str(exc)
             finally:
                 os.close(fd)
+
+    @staticmethod
+    def _scan_subdir(sub: str, fd: int) -> Iterator[tuple[str, float]]:
+        with os.scandir(fd) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                try:
+                    mtime = entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:
+                    continue
+                yield f"{sub}/{entry.name}", mtime
 
     def subdir_fd(self, sub: str) -> int:
         return os.open(sub, _DIR_FLAGS, dir_fd=self.fd)
@@ -517,7 +536,16 @@ class Spool:
             path = self.root / "incoming" / sub
             if path.is_symlink():
                 raise SpoolError(f"{path}: is a symbolic link; refusing to follow it")
-            path.mkdir(mode=0o750, exist_ok=True)
+            try:
+                path.mkdir(mode=0o750)
+            except FileExistsError:
+                if not path.is_dir():
+                    raise
+            else:
+                # It inherited incoming/'s default ACL as its access ACL, whose
+                # group entry is empty: producers could not write into it.
+                # Made by us, so it gets incoming/'s plain mode instead.
+                _drop_access_acl(path)
             if producer_gid is not None:
                 self._open_to_producers(path, producer_gid)
 

@@ -262,3 +262,21 @@ def test_a_scan_keeps_the_watch_on_its_subdirectories_and_warns_once_of_each_it_
     with capture_logs() as logs:
         intake.rescan()
     assert [(e["event"], e["subdir"]) for e in logs] == [("spool.subdir_unwatched", "b")]
+
+
+def test_a_subdirectory_a_scan_cannot_read_is_warned_about_once(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    sup, _, _ = make(tmp_path)
+    intake = sup.intake
+    intake.spool.incoming.max_subdirs = 4
+    (sup.spool.root / "incoming" / "locked").mkdir()
+
+    def denied(sub: str) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(intake.spool.incoming, "subdir_fd", denied)
+    with capture_logs() as logs:
+        intake.rescan()
+        intake.rescan()
+    assert logs == [{"event": "spool.subdir_unreadable", "log_level": "warning", "subdir": "locked",
+                     "error": "Permission denied",
+                     "note": "the service user needs read and search permission on it; its files wait"}]

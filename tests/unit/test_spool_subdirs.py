@@ -293,3 +293,66 @@ def test_the_default_by_extension_is_taken_from_the_name_within_the_subdirectory
     assert select(config, "mail.d/report.eml").kind == "text"
     assert select(config, "logs.csv~x").kind == "plain"  # the subdirectory's own dot says nothing
     assert select(config, "fw/list.txt").kind == "plain"
+
+
+def _as_producer(uid: int, gid: int, action: Any) -> int:
+    """Run ``action`` in a child with that uid and gid only; its exit status (0: it worked)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            action()
+            os._exit(0)
+        except OSError as exc:
+            os._exit(exc.errno or 1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as a producer (uid and gid 65534)")
+def test_a_producer_of_the_group_can_write_into_a_configured_subdirectory_but_not_read_anothers_file() -> None:
+    """On a filesystem with ACLs: the subdirectory does not inherit incoming/'s default ACL as its own
+    access ACL (whose empty group entry would lock the group out); the files in it still get that default."""
+    import shutil
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="ipspool-subdir-"))
+    try:
+        base.chmod(0o755)
+        spool = Spool(base / "spool", base / "results")
+        (base / "spool").mkdir()
+        (base / "spool").chmod(0o755)
+        spool.create(producer_gid=65534, subdirs=("fw",))
+        if spool.acl_unsupported:
+            pytest.skip(f"no ACLs on {base}'s filesystem")
+        fw = base / "spool" / "incoming" / "fw"
+        with pytest.raises(OSError) as none:
+            os.getxattr(fw, "system.posix_acl_access")
+        assert none.value.errno == errno.ENODATA
+        assert os.getxattr(fw, "system.posix_acl_default") == spool_mod.private_default_acl(None)
+        assert _as_producer(65534, 65534, lambda: (fw / "x.csv").write_text("ip\n192.0.2.1\n")) == 0
+        assert (fw / "x.csv").read_text() == "ip\n192.0.2.1\n"
+        # Another member of the group may not read it (the default ACL's empty group entry).
+        assert _as_producer(65533, 65534, (fw / "x.csv").read_text) == errno.EACCES
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_subdirectory_the_service_cannot_search_is_reported_and_the_others_are_read(
+        sp: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for sub in ("locked", "open"):
+        (_incoming(tmp_path) / sub).mkdir()
+        (_incoming(tmp_path) / sub / "f").write_text("")
+    real = sp.incoming.subdir_fd
+
+    def denied(sub: str) -> int:
+        if sub == "locked":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(sub)
+    monkeypatch.setattr(sp.incoming, "subdir_fd", denied)
+    assert [name for name, _ in sp.scan_incoming()] == ["open/f"]
+    assert sp.incoming.unreadable == {"locked": "Permission denied"}
+    monkeypatch.setattr(sp.incoming, "subdir_fd", real)
+    assert sorted(name for name, _ in sp.scan_incoming()) == ["locked/f", "open/f"]
+    assert sp.incoming.unreadable == {}
