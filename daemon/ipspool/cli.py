@@ -84,7 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     from ipspool.submit import submit_files
 
-    return submit_files(_load(args), args.files, wait=args.wait, timeout=args.timeout, as_json=args.json)
+    return submit_files(_load(args), args.files, wait=args.wait, timeout=args.timeout, as_json=args.json,
+                        subdir=args.subdir)
 
 
 # -- process ----------------------------------------------------------------
@@ -351,6 +352,9 @@ def _submit_options(submit: argparse.ArgumentParser) -> None:
                         help="with --wait: give up after this long (0: never)")
     submit.add_argument("--json", action="store_true",
                         help="print one JSON object (submitted files and, with --wait, their outcomes)")
+    submit.add_argument("--subdir", default="", metavar="SUB",
+                        help="rename into the producer subdirectory incoming/SUB/ (its rules apply; the job is "
+                             "SUB~NAME)")
     submit.add_argument("files", nargs="+", metavar="FILE", help="files to submit; - reads standard input")
 
 

@@ -10,6 +10,10 @@ Durability: the file is fsync'd in tmp/, renamed into incoming/, then
 incoming/ and tmp/ are fsync'd, in that order (the destination first, as the
 daemon does), so after a power cut the file is in incoming/ and only there.
 
+``--subdir SUB`` renames into the producer subdirectory incoming/SUB/
+instead (it must exist: ``spool.subdirs`` makes it); the job is then
+``SUB~NAME``, and the name is chosen free by the same rule.
+
 A producer that is only in the producer group (ipspool-submit in the Debian
 package, docs/packaging.md) may not look into active/, done/, failed/ or the
 results: it chooses a name free in incoming/ alone (the daemon's claim still
@@ -29,7 +33,16 @@ from pathlib import Path
 from ipspool.config import Config
 from ipspool.exitcodes import ExitCode
 from ipspool.fsops import rename_noreplace
-from ipspool.spool import ERROR_SUFFIX, RESULT_SUFFIXES, fsync_dir, job_base, job_entries, job_name_candidates
+from ipspool.spool import (
+    ERROR_SUFFIX,
+    RESULT_SUFFIXES,
+    SUBDIR_SEP,
+    fsync_dir,
+    job_base,
+    job_entries,
+    job_name_candidates,
+    producer_subdir,
+)
 
 __all__ = ["Submitted", "submit_bytes", "submit_files"]
 
@@ -39,8 +52,13 @@ _COPY_BLOCK = 1 << 20
 @dataclass(frozen=True)
 class Submitted:
     source: str
-    name: str
+    name: str  # the job's name: its result is RESULTS/NAME.jsonl
     lines: int
+    where: str = ""  # its path under incoming/, when not NAME itself (incoming/SUB/ENTRY)
+
+    @property
+    def path(self) -> str:
+        return self.where or self.name
 
 
 def _searchable(directory: Path) -> bool:
@@ -48,12 +66,17 @@ def _searchable(directory: Path) -> bool:
     return os.access(directory, os.X_OK)
 
 
-def _taken(config: Config, name: str) -> bool:
+def _taken(config: Config, name: str, subdir: str) -> bool:
     spool = config.spool_dir
-    places = [(spool / "incoming", name)] + [
+    places = [(spool / "incoming", _entry(name, subdir))] + [
         (config.results_dir if where == "results" else spool / where, entry) for where, entry in job_entries(name)
     ]
     return any(os.path.lexists(d / n) for d, n in places if _searchable(d))
+
+
+def _entry(job: str, subdir: str) -> str:
+    """Where in incoming/ the file of job ``job`` goes: SUB/ENTRY for job SUB~ENTRY."""
+    return f"{subdir}/{job[len(subdir) + len(SUBDIR_SEP):]}" if subdir else job
 
 
 def unobservable(config: Config) -> list[Path]:
@@ -61,9 +84,11 @@ def unobservable(config: Config) -> list[Path]:
     return [d for d in (config.results_dir, config.spool_dir / "failed") if not _searchable(d)]
 
 
-def _free_name(config: Config, wanted: str) -> str:
-    for name in job_name_candidates(job_base(wanted.lstrip(".") or "input")):
-        if not _taken(config, name):
+def _free_name(config: Config, wanted: str, subdir: str) -> str:
+    """The job name, free everywhere, that the daemon will give ``wanted`` (from incoming/ or incoming/SUBDIR/)."""
+    stem = wanted.lstrip(".") or "input"
+    for name in job_name_candidates(job_base(f"{subdir}{SUBDIR_SEP}{stem}" if subdir else stem)):
+        if not _taken(config, name, subdir):
             return name
     raise FileExistsError(f"no free name in incoming/ for {wanted!r}")
 
@@ -93,16 +118,16 @@ def _write_tmp(config: Config, source: int) -> tuple[str, int]:
     return tmp, lines + (last != b"\n")
 
 
-def _publish(config: Config, tmp: str, wanted: str) -> str:
+def _publish(config: Config, tmp: str, wanted: str, subdir: str) -> str:
     incoming = config.spool_dir / "incoming"
     while True:
-        name = _free_name(config, wanted)
+        name = _free_name(config, wanted, subdir)
         try:
-            rename_noreplace(tmp, str(incoming / name))
+            rename_noreplace(tmp, str(incoming / _entry(name, subdir)))
         except FileExistsError:
             continue  # another producer took the name first
         break
-    for directory in (incoming, config.spool_dir / "tmp"):
+    for directory in (incoming / subdir, config.spool_dir / "tmp"):
         dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             fsync_dir(dir_fd)
@@ -111,23 +136,36 @@ def _publish(config: Config, tmp: str, wanted: str) -> str:
     return name
 
 
-def _submit_fd(config: Config, source_fd: int, source: str, wanted: str) -> Submitted:
+def _submit_fd(config: Config, source_fd: int, source: str, wanted: str, subdir: str = "") -> Submitted:
     tmp, lines = _write_tmp(config, source_fd)
-    return Submitted(source, _publish(config, tmp, wanted), lines)
+    name = _publish(config, tmp, wanted, subdir)
+    return Submitted(source, name, lines, _entry(name, subdir) if subdir else "")
 
 
 def submit_bytes(config: Config, source_fd: int, wanted: str) -> str:
     return _submit_fd(config, source_fd, wanted, wanted).name
 
 
-def submit_one(config: Config, path: str) -> Submitted:
+def submit_one(config: Config, path: str, subdir: str = "") -> Submitted:
     if path == "-":
-        return _submit_fd(config, sys.stdin.fileno(), "-", f"stdin-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+        return _submit_fd(config, sys.stdin.fileno(), "-", f"stdin-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}",
+                          subdir)
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return _submit_fd(config, fd, path, os.path.basename(path))
+        return _submit_fd(config, fd, path, os.path.basename(path), subdir)
     finally:
         os.close(fd)
+
+
+def subdir_problem(config: Config, subdir: str) -> str | None:
+    """Why ``--subdir`` cannot be used as given, or None."""
+    if not producer_subdir(subdir):
+        return (f"--subdir {subdir!r}: not a subdirectory name (1 to 64 of A-Z a-z 0-9 _ . -, "
+                "not starting with . or -)")
+    path = config.spool_dir / "incoming" / subdir
+    if path.is_symlink() or not path.is_dir():
+        return f"--subdir {subdir}: {path} is not a directory (spool.subdirs makes it when the daemon starts)"
+    return None
 
 
 def _outcome(config: Config, name: str) -> tuple[str, str] | None:
@@ -158,8 +196,13 @@ def wait_for(config: Config, submitted: Sequence[Submitted], timeout: float) -> 
     return outcomes
 
 
-def submit_files(config: Config, paths: Sequence[str], *, wait: bool, timeout: float, as_json: bool = False) -> int:
-    """Hand ``paths`` in; with ``wait``, exit FAILURE unless every one is done. ``as_json``: one JSON object."""
+def submit_files(config: Config, paths: Sequence[str], *, wait: bool, timeout: float, as_json: bool = False,
+                 subdir: str = "") -> int:
+    """Hand ``paths`` in (into incoming/``subdir``/ if given); with ``wait``, exit FAILURE unless every one is
+    done. ``as_json``: one JSON object."""
+    if subdir and (problem := subdir_problem(config, subdir)):
+        print(f"ipspool: {problem}; nothing was submitted", file=sys.stderr)
+        return ExitCode.USAGE
     if wait and (hidden := unobservable(config)):
         print(f"ipspool: --wait cannot observe results: no permission to look into {', '.join(map(str, hidden))} "
               f"(members of the daemon's group can; docs/packaging.md). Nothing was submitted; "
@@ -168,7 +211,7 @@ def submit_files(config: Config, paths: Sequence[str], *, wait: bool, timeout: f
     submitted: list[Submitted] = []
     for path in paths:
         try:
-            submitted.append(submit_one(config, path))
+            submitted.append(submit_one(config, path, subdir))
         except OSError as exc:
             print(f"ipspool: cannot submit {path}: {exc.strerror or exc}", file=sys.stderr)
             if as_json:
@@ -176,7 +219,7 @@ def submit_files(config: Config, paths: Sequence[str], *, wait: bool, timeout: f
             return ExitCode.FAILURE
     if not as_json:
         for item in submitted:
-            print(f"submitted {item.source} as incoming/{item.name}")
+            print(f"submitted {item.source} as incoming/{item.path}")
     outcomes = wait_for(config, submitted, timeout) if wait else {}
     if as_json:
         return _report_json(submitted, outcomes, wait=wait)
@@ -196,7 +239,7 @@ def _report_json(submitted: Sequence[Submitted], outcomes: dict[str, tuple[str, 
 
     files = []
     for item in submitted:
-        state, where = outcomes.get(item.name, ("pending", "")) if wait else ("submitted", f"incoming/{item.name}")
+        state, where = outcomes.get(item.name, ("pending", "")) if wait else ("submitted", f"incoming/{item.path}")
         files.append({"source": item.source, "name": item.name, "lines": item.lines, "state": state, "where": where})
     ok = all(f["state"] in ("done", "submitted") for f in files)
     sys.stdout.write(orjson.dumps({"ok": ok, "files": files}, option=orjson.OPT_INDENT_2).decode() + "\n")

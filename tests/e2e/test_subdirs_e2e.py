@@ -147,3 +147,29 @@ def test_a_subdirectory_swapped_for_a_link_is_never_followed(make_daemon: Callab
     assert (outside / "secret.txt").read_bytes() == b"192.0.2.40\n"
     assert not list(d.results.glob("fw~*"))
     assert d.stop() == 0
+
+
+def test_submit_into_a_subdirectory_waits_for_the_job_the_daemon_names(make_daemon: Callable[..., Daemon],
+                                                                       tmp_path: Path) -> None:
+    """`ipspool submit --subdir firewall --wait` twice with one name: firewall~x.csv, then firewall~x.csv.1."""
+    d = make_daemon(spool={"subdirs": ["firewall"]}, inputs=RULES)
+    d.start()
+    source = tmp_path / "x.csv"
+    source.write_bytes(FIREWALL_CSV)
+    config = str(d.config_path)
+    first = d.ipspool("submit", "--config", config, "--subdir", "firewall", "--wait", "--timeout", "60", str(source))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines()[0] == f"submitted {source} as incoming/firewall/x.csv"
+    assert first.stdout.splitlines()[1].startswith("firewall~x.csv: done ")
+    second = d.ipspool("submit", "--config", config, "--subdir", "firewall", "--json", "--wait", "--timeout", "60",
+                       str(source))
+    assert second.returncode == 0, second.stderr
+    (item,) = json.loads(second.stdout)["files"]
+    assert (item["name"], item["state"]) == ("firewall~x.csv.1", "done")
+    assert [r["fields"]["action"] for r in d.wait_result("firewall~x.csv.1")] == ["deny", "allow"]
+    for bad, why in (("no such", "not a subdirectory name"), ("absent", "is not a directory")):
+        refused = d.ipspool("submit", "--config", config, "--subdir", bad, str(source))
+        assert refused.returncode == 2
+        assert why in refused.stderr and "nothing was submitted" in refused.stderr
+    assert sorted(os.listdir(d.spool / "incoming" / "firewall")) == []
+    assert d.stop() == 0

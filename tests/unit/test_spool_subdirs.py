@@ -356,3 +356,22 @@ def test_a_subdirectory_the_service_cannot_search_is_reported_and_the_others_are
     monkeypatch.setattr(sp.incoming, "subdir_fd", real)
     assert sorted(name for name, _ in sp.scan_incoming()) == ["locked/f", "open/f"]
     assert sp.incoming.unreadable == {}
+
+
+@pytest.mark.parametrize(("name", "kind"), [
+    ("x.csv.1", "delimited"), ("fw~x.csv.12", "delimited"), ("auth.log.1", "text"), ("e.jsonl.3", "jsonl"),
+    ("ips.1", "plain"), ("ips.txt.1", "plain"), ("x.csv.1a", "plain"), ("x.csv.", "plain"), (".1", "plain"),
+])
+def test_a_trailing_number_hides_no_extension(name: str, kind: str) -> None:
+    """A job renamed unique (x.csv -> x.csv.1) or a rotated log keeps its reader; other names are as before
+    (ips.1 says nothing: its content is sniffed, and bare addresses are plain)."""
+    head = b"ip\n192.0.2.1\n" if kind == "delimited" else b"192.0.2.1\n"
+    assert select(parse_config({}, "ipspool.toml"), name, head, len(head)).kind == kind
+
+
+def test_a_rule_matches_a_name_made_unique_and_still_matches_on_the_number() -> None:
+    config = parse_config({"inputs": [{"match": "fw-*.csv", "format": "delimited"},
+                                      {"match": "*.7", "format": "text"}]}, "ipspool.toml")
+    assert rule_for(config, "fw-a.csv.1") is config.inputs[0]
+    assert rule_for(config, "fw~fw-a.csv.2") is config.inputs[0]
+    assert rule_for(config, "notes.7") is config.inputs[1]

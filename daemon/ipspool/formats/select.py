@@ -41,15 +41,30 @@ _BOM = b"\xef\xbb\xbf"
 HEAD_BYTES = 1 << 16  # read to sniff a file of unknown kind
 
 
+def _unnumbered(base: str) -> str:
+    """``base`` without a trailing ``.N``: the number a claim adds to make a job's name unique
+    (``x.csv.1``), and logrotate to a rotated file (``auth.log.1``)."""
+    stem, dot, number = base.rpartition(".")
+    return stem if dot and stem and number.isdigit() and number.isascii() else base
+
+
 def rule_for(config: Config, name: str) -> InputRule | None:
-    """The first rule whose ``match`` glob matches the file's name and whose ``subdir`` glob its subdirectory."""
+    """The first rule whose ``match`` glob matches the file's name, with or without a trailing ``.N``,
+    and whose ``subdir`` glob matches its subdirectory."""
     sub, base = job_source(name)
-    return next((rule for rule in config.inputs if fnmatchcase(base, rule.match)
+    plain = _unnumbered(base)
+    return next((rule for rule in config.inputs
+                 if (fnmatchcase(base, rule.match) or fnmatchcase(plain, rule.match))
                  and (rule.subdir is None or fnmatchcase(sub, rule.subdir))), None)
 
 
 def _by_extension(name: str) -> str | None:
-    return BY_EXTENSION.get(os.path.splitext(job_source(name)[1])[1].lower())
+    """The default reader for the name's extension; past a trailing ``.N`` when what it hides is one
+    of ours (``x.csv.1`` is a CSV; ``ips.1`` says nothing, as before)."""
+    base = job_source(name)[1]
+    hidden = os.path.splitext(_unnumbered(base))[1].lower()
+    return BY_EXTENSION[hidden] if hidden and hidden in BY_EXTENSION else BY_EXTENSION.get(
+        os.path.splitext(base)[1].lower())
 
 
 def needs_head(config: Config, name: str) -> bool:
