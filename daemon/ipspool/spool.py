@@ -412,7 +412,9 @@ class Incoming:
         self.subdirs: dict[str, tuple[int, int]] = {}  # the subdirectories the last scan read, by (dev, inode)
         self.over_cap: list[str] = []  # and those it left alone
         self.unreadable: dict[str, str] = {}  # and those it could not read, with why
-        self.touched: set[str] = set()  # subdirectories claimed from since the last sync
+        # Subdirectories claimed from since the last sync, held open until it: the
+        # fsync must reach the directory the file left, whatever its name is by then.
+        self.touched: dict[str, int] = {}
 
     def scan(self, path: Path) -> Iterator[tuple[str, float]]:
         subdirs: dict[str, tuple[int, int]] = {}
@@ -483,22 +485,27 @@ class Incoming:
         finally:
             self.done_with(fd)
 
-    def claimed_from(self, name: str) -> None:
-        sub, sep, _ = name.partition("/")
-        if sep:
-            self.touched.add(sub)
+    def claimed_from(self, name: str, fd: int) -> None:
+        """A claim renamed ``name`` out of the directory ``fd`` (from ``where``): keep it for ``sync``."""
+        if fd == self.fd:
+            return
+        sub = name.partition("/")[0]
+        if sub in self.touched:
+            os.close(fd)
+        else:
+            self.touched[sub] = fd
 
     def sync(self) -> None:
         fsync_dir(self.fd)
-        for sub in sorted(self.touched):
-            try:
-                fd = self.subdir_fd(sub)
-            except OSError:
-                continue  # removed since: nothing in it can come back
-            try:
-                fsync_dir(fd)
-            finally:
-                os.close(fd)
+        try:
+            for sub in sorted(self.touched):
+                fsync_dir(self.touched[sub])
+        finally:
+            self.close_touched()
+
+    def close_touched(self) -> None:
+        for fd in self.touched.values():
+            os.close(fd)
         self.touched.clear()
 
 
@@ -596,6 +603,7 @@ class Spool:
         for fd in set(self.fds.values()):
             os.close(fd)
         self.fds.clear()
+        self.incoming.close_touched()
         self.incoming.fd = -1
         self.run = ""
 
@@ -660,10 +668,12 @@ class Spool:
         try:
             os.rename(entry, job_name, src_dir_fd=fd, dst_dir_fd=self.fds["active"])
         except FileNotFoundError:
-            return None
-        finally:
             self.incoming.done_with(fd)
-        self.incoming.claimed_from(name)
+            return None
+        except BaseException:
+            self.incoming.done_with(fd)
+            raise
+        self.incoming.claimed_from(name, fd)
         return job_name
 
     def sync_claims(self) -> None:

@@ -163,7 +163,8 @@ def test_a_claim_from_a_subdirectory_is_job_sub_tilde_name_and_collides_with_not
         "fw~x.csv": "sub", "fw~x.csv.1": "top, named like the job", "x.csv": "top"}
     assert sp.claim("fw/x.csv") is None  # already gone
     assert sp.claim("gone/x.csv") is None  # and its subdirectory too
-    assert open_under(tmp_path) == held
+    sp.sync_claims()
+    assert open_under(tmp_path) == held  # fw/ was held open for the sync only
 
 
 def test_a_subdirectory_swapped_for_a_link_after_the_scan_is_not_followed(sp: Spool, tmp_path: Path) -> None:
@@ -202,15 +203,38 @@ def test_claims_sync_incoming_then_each_subdirectory_claimed_from_then_active(sp
     assert log.paths == ["spool/incoming", "spool/active"]  # nothing claimed from a subdirectory since
 
 
-def test_a_subdirectory_removed_before_the_sync_is_skipped(sp: Spool, tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_sync_reaches_the_directory_a_claim_left_even_once_it_is_renamed_away(
+        sp: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim keeps its subdirectory open until the sync: a power cut cannot bring the file back
+    into the directory it left, under whatever name that directory has by then."""
+    held = open_under(tmp_path)
     (_incoming(tmp_path) / "fw").mkdir()
     (_incoming(tmp_path) / "fw" / "1").write_text("")
+    (_incoming(tmp_path) / "fw" / "2").write_text("")
     sp.claim("fw/1")
-    os.rmdir(_incoming(tmp_path) / "fw")
+    sp.claim("fw/2")
+    assert len(open_under(tmp_path)) == len(held) + 1  # one descriptor for both claims
+    os.rename(_incoming(tmp_path) / "fw", tmp_path / "spool" / "tmp" / "moved")
     log = record_fsyncs(monkeypatch, tmp_path)
     sp.sync_claims()
-    assert log.paths == ["spool/incoming", "spool/active"]
+    assert log.paths == ["spool/incoming", "spool/tmp/moved", "spool/active"]
+    assert open_under(tmp_path) == held
+
+
+def test_a_failed_claim_from_a_subdirectory_holds_nothing_open(sp: Spool, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    held = open_under(tmp_path)
+    (_incoming(tmp_path) / "fw").mkdir()
+    (_incoming(tmp_path) / "fw" / "1").write_text("")
+    assert sp.claim("fw/gone") is None
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(os, "rename", refused)
+    with pytest.raises(PermissionError):
+        sp.claim("fw/1")
+    assert open_under(tmp_path) == held
+    assert sp.incoming.touched == {}
 
 
 # -- creating them -------------------------------------------------------------------------------------
