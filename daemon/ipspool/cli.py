@@ -181,6 +181,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _check_config(args: argparse.Namespace) -> int:
+    from ipspool.formats.select import subdir_notes
     from ipspool.pipeline import load_pipeline
     from ipspool.spool import path_problems
 
@@ -205,9 +206,10 @@ def _check_config(args: argparse.Namespace) -> int:
     if config.executor.kind == "dask":
         executor = f"dask at {config.executor.scheduler}: {_check_scheduler(config, source)}"
     verdict = _sources(loaded)
+    notes = subdir_notes(config)
     if args.json:
         _print_json({"ok": True, **verdict, "stages": list(config.pipeline.stages), "executor": executor,
-                     "spool": str(config.spool_dir)})
+                     "spool": str(config.spool_dir), "notes": notes})
         return ExitCode.OK
     print(f"{source}: OK ({len(config.pipeline.stages)} stage(s), {executor}, spool {config.spool_dir})")
     print(f"  configuration: {source} (found by {loaded.found.origin})")
@@ -215,6 +217,8 @@ def _check_config(args: argparse.Namespace) -> int:
         print(f"  drop-in: {path}")
     for item in verdict["ignored"]:
         print(f"  ignored: {item['file']} ({item['reason']})", file=sys.stderr)
+    for note in notes:
+        print(f"  note: {note}", file=sys.stderr)
     return ExitCode.OK
 
 

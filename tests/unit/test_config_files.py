@@ -197,7 +197,25 @@ def test_check_config_reports_the_files_it_loaded(etc: Path, capsys: pytest.Capt
     assert report["ok"] is True and report["found_by"] == "system"
     assert report["files"] == [str(etc / "ipspool.toml"), str(etc / "conf.d" / "10-threads.toml")]
     assert report["ignored"] == [{"file": str(etc / "conf.d" / "notes.txt"), "reason": "not a .toml file"}]
-    assert set(report) == {"ok", "config", "found_by", "files", "ignored", "stages", "executor", "spool"}
+    assert set(report) == {"ok", "config", "found_by", "files", "ignored", "stages", "executor", "spool", "notes"}
+    assert report["notes"] == []
+
+
+def test_check_config_notes_a_rule_whose_subdirectory_is_in_no_spool_subdirs(
+        etc: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A typo in a rule's subdir is a note (the directory may be made by tmpfiles.d), not an error."""
+    (etc / "ipspool.toml").write_text(
+        f'[spool]\ndir = "{etc / "spool"}"\nsubdirs = ["firewall", "fw-eu"]\n'
+        '[[inputs]]\nsubdir = "firewal"\nformat = "text"\n'
+        '[[inputs]]\nsubdir = "fw-*"\nformat = "text"\n'
+        '[[inputs]]\nsubdir = ""\nformat = "text"\n')
+    assert main(["check-config"]) == ExitCode.OK
+    _, err = capsys.readouterr()
+    note = ("inputs.0.subdir: 'firewal' matches none of spool.subdirs ['firewall', 'fw-eu']; "
+            "the rule applies only to a directory made otherwise")
+    assert err.splitlines() == [f"  note: {note}"]
+    assert main(["check-config", "--json"]) == ExitCode.OK
+    assert json.loads(capsys.readouterr().out)["notes"] == [note]
 
 
 def test_check_config_json_reports_problems_on_stdout(etc: Path, capsys: pytest.CaptureFixture[str]) -> None:

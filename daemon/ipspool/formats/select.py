@@ -25,7 +25,8 @@ from ipspool.formats import delimited
 from ipspool.formats.spec import Format
 from ipspool.spool import InputRejected, job_source
 
-__all__ = ["ADDRESS_COLUMNS", "ADDRESS_PATHS", "BY_EXTENSION", "needs_head", "rule_for", "select"]
+__all__ = ["ADDRESS_COLUMNS", "ADDRESS_PATHS", "BY_EXTENSION", "needs_head", "rule_for", "select",
+           "subdir_notes"]
 
 BY_EXTENSION = {
     "": "plain", ".txt": "plain",
@@ -56,6 +57,17 @@ def rule_for(config: Config, name: str) -> InputRule | None:
     return next((rule for rule in config.inputs
                  if (fnmatchcase(base, rule.match) or fnmatchcase(plain, rule.match))
                  and (rule.subdir is None or fnmatchcase(sub, rule.subdir))), None)
+
+
+def subdir_notes(config: Config) -> list[str]:
+    """What ``check-config`` says of rules whose ``subdir`` matches none of ``spool.subdirs`` (a typo,
+    or a directory made some other way)."""
+    notes = []
+    for n, rule in enumerate(config.inputs):
+        if rule.subdir and not any(fnmatchcase(sub, rule.subdir) for sub in config.spool.subdirs):
+            notes.append(f"inputs.{n}.subdir: {rule.subdir!r} matches none of spool.subdirs "
+                         f"{list(config.spool.subdirs)}; the rule applies only to a directory made otherwise")
+    return notes
 
 
 def _by_extension(name: str) -> str | None:
