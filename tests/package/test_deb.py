@@ -271,6 +271,34 @@ def test_member_of_both_groups_waits_for_the_result(machine: Container) -> None:
     assert len(machine.run("cat", f"{SPOOL}/results/bob.txt.jsonl", user="bob").stdout.splitlines()) == 2
 
 
+def test_a_producer_subdirectory_made_by_the_sandboxed_service_takes_its_producers_files(
+        machine: Container) -> None:
+    """A drop-in names incoming/alice/ and a free-text rule for it; after `systemctl reload` the service (its own
+    user, in its sandbox) has made it 3770 for ipspool-submit, alice submits into it, and bob cannot read it."""
+    rule = '[spool]\nsubdirs = ["alice"]\n[[inputs]]\nsubdir = "alice"\nformat = "text"\n'
+    machine.run("sh", "-c", f"cat > {DROPINS}/subdirs.toml", stdin=rule)
+    try:
+        machine.run("systemctl", "reload", UNIT)
+        wait_for(lambda: machine.exists(f"{SPOOL}/incoming/alice"), 30, 0.2, what="incoming/alice")
+        mode = machine.run("stat", "-c", "%a %U %G", f"{SPOOL}/incoming/alice").stdout.split()
+        assert mode == ["3770", "ipspool", "ipspool-submit"]
+        assert _events(machine, "spool.subdir_failed") == []
+        machine.run("sh", "-c", "printf 'seen from 192.0.2.5 and 198.51.100.9:22 today\\n' > /tmp/note.txt",
+                    user="alice")
+        submitted = machine.run("ipspool", "submit", "--config", CONFIG, "--subdir", "alice", "/tmp/note.txt",
+                                user="alice")
+        assert "as incoming/alice/note.txt" in submitted.stdout
+        records = _result(machine, "alice~note.txt")
+        assert [(r["ip"], r["position"]) for r in records] == [("192.0.2.5", 11), ("198.51.100.9", 25)]
+        # The producer group may write into it but another producer may not read what waits there.
+        machine.run("sh", "-c", f"printf '192.0.2.6\\n' > {SPOOL}/incoming/alice/.pending", user="alice")
+        assert machine.run("cat", f"{SPOOL}/incoming/alice/.pending", user="bob", check=False).returncode != 0
+        machine.run("rm", "-f", f"{SPOOL}/incoming/alice/.pending")
+    finally:
+        machine.run("rm", "-f", f"{DROPINS}/subdirs.toml")
+        machine.run("systemctl", "reload", UNIT)
+
+
 def test_systemctl_reload_applies_a_good_config_and_refuses_a_bad_one(machine: Container) -> None:
     """`systemctl reload` succeeds on a valid file; on an invalid one it fails and the service keeps running."""
     before = len(_events(machine, "config.reloaded"))
