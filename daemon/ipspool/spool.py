@@ -322,11 +322,18 @@ def private_default_acl(reader_uid: int | None) -> bytes:
     return struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
-def _drop_access_acl(path: Path) -> None:
+def _plain_access_acl(path: Path) -> None:
+    """Set the access ACL ``user::rwx, group::rwx, other::---``: the kernel keeps no ACL for it, only
+    the mode rwxrwx--- with the setgid and sticky bits as they were (acl(5), minimal ACL)."""
+    import struct
+
+    minimal = [(_ACL_USER_OBJ, _ACL_RWX, _ACL_UNDEFINED_ID), (_ACL_GROUP_OBJ, _ACL_RWX, _ACL_UNDEFINED_ID),
+               (_ACL_OTHER, 0, _ACL_UNDEFINED_ID)]
+    raw = struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *e) for e in minimal)
     try:
-        os.removexattr(path, "system.posix_acl_access", follow_symlinks=False)
+        os.setxattr(path, "system.posix_acl_access", raw, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP):
+        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
 
 
@@ -544,15 +551,19 @@ class Spool:
             if path.is_symlink():
                 raise SpoolError(f"{path}: is a symbolic link; refusing to follow it")
             try:
-                path.mkdir(mode=0o750)
+                # Sticky at birth; setgid and the group come from incoming/. No
+                # chmod is needed then, which the unit's sandbox would refuse for
+                # a setgid mode (RestrictSUIDSGID).
+                path.mkdir(mode=0o1770 if producer_gid is not None else 0o750)
             except FileExistsError:
                 if not path.is_dir():
                     raise
             else:
-                # It inherited incoming/'s default ACL as its access ACL, whose
-                # group entry is empty: producers could not write into it.
-                # Made by us, so it gets incoming/'s plain mode instead.
-                _drop_access_acl(path)
+                if producer_gid is not None:
+                    # It inherited incoming/'s default ACL as its access ACL too,
+                    # whose empty group entry would lock producers out: give it
+                    # the plain rwxrwx--- of incoming/ instead.
+                    _plain_access_acl(path)
             if producer_gid is not None:
                 self._open_to_producers(path, producer_gid)
 
