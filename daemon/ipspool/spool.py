@@ -350,6 +350,7 @@ class Spool:
         self.results = results_dir
         self.fds: dict[str, int] = {}
         self.run = ""  # this run's folder in results/.parts/ (start_run)
+        self._parts = str(results_dir / PARTS)  # parts_dir as text: part_path runs several times a file
         self.abandon = threading.Event()  # set at shutdown: stop copying
         self.acl_unsupported: list[str] = []  # tmp/, incoming/ on a filesystem without ACLs (create)
 
@@ -410,6 +411,7 @@ class Spool:
             os.close(fd)
         self.fds.clear()
         self.run = ""
+        self._parts = str(self.results / PARTS)
 
     def start_run(self) -> None:
         """Give this run of the daemon a parts folder of its own, results/.parts/RUN/.
@@ -423,6 +425,7 @@ class Spool:
         os.mkdir(run, mode=0o700, dir_fd=self.fds["all_parts"])
         self.fds["parts"] = _open_dir(self.results / PARTS / run)
         self.run = run
+        self._parts = str(self.results / PARTS / run)
 
     def end_run(self) -> None:
         """At a stop: remove this run's parts folder; what is left in it belongs to unfinished files,
@@ -439,7 +442,7 @@ class Spool:
     @property
     def parts_dir(self) -> Path:
         """Where this run's part files go (results/.parts/RUN once ``start_run`` ran)."""
-        return self.results / PARTS / self.run if self.run else self.results / PARTS
+        return Path(self._parts)
 
     # -- naming -----------------------------------------------------------
 
@@ -530,7 +533,7 @@ class Spool:
         )
 
     def part_path(self, token: str) -> str:
-        return str(self.parts_dir / token)
+        return f"{self._parts}/{token}"
 
     def assemble(self, parts: list[str], token: str) -> str:
         """Concatenate part files, in order, into one fsync'd part file."""
