@@ -11,6 +11,9 @@ thread as the parts arrive (``assemble``), so joining a large file overlaps
 with processing it and the loop (and systemd's watchdog) keeps turning while
 gigabytes are copied; the append that takes in the last part also fsyncs.
 
+The group's summaries are written together too, every file before the
+first fsync (``Spool.write_parts``), then each linked in before its result.
+
 A full disk postpones the whole commit with back-off (``DiskOutage``);
 nothing is lost, the parts wait.
 """
@@ -149,14 +152,40 @@ class Committer:
 
     def publish_batch(self, batch: list[Job]) -> list[tuple[Job, str, str]]:
         """Step 2 for every job of the batch that can be published now: (job, part, result path)."""
+        ready = [job for job in batch if not (job.failed or self.input_changed(job)) and self.joined(job)]
+        if not self.write_summaries(ready):
+            return []
         published: list[tuple[Job, str, str]] = []
-        for job in batch:
-            if job.failed or self.input_changed(job):
-                continue
+        for job in ready:
             done = self.publish_one(job)
             if done is not None:
                 published.append((job, *done))
         return published
+
+    def joined(self, job: Job) -> bool:
+        """Is the job's result one part? If its parts are not joined yet, the join goes on (queued again when done)."""
+        if job.total != 1 and job.assembly.path is None:
+            job.move(JobState.COMPLETE)
+            self.assemble(job)
+            return False
+        return True
+
+    def write_summaries(self, jobs: list[Job]) -> bool:
+        """The jobs' summary parts, each written and fsync'd before any is linked; False (all of them
+        queued again, the commit backing off) if that failed."""
+        parts = [(self.summary_token(job),
+                  render_summary(printable(job.claimed.job_name), printable(job.claimed.name), job.counts,
+                                 self.summary_top))
+                 for job in jobs]
+        try:
+            self.spool.write_parts(parts)
+        except OSError as exc:
+            # Out of space or similar: none of them is left; keep the parts and try the commit again later.
+            for job in jobs:
+                self.requeue(job)
+            self.delay(str(exc))
+            return False
+        return True
 
     def synced(self, what: str, sync: Callable[[], None]) -> bool:
         """Run one directory fsync step of the commit; on failure log it, back off and say False."""
@@ -179,18 +208,11 @@ class Committer:
                            note="the result is published; the input stays in active/ until recovery at the next start")
 
     def publish_one(self, job: Job) -> tuple[str, str] | None:
-        """Step 2 for one job: link its result in; (part, result path) or None if not now."""
-        if job.total != 1 and job.assembly.path is None:
-            job.move(JobState.COMPLETE)  # queued again when the join is done
-            self.assemble(job)
-            return None
+        """Step 2 for one job, its summary written: link both in; (part, result path) or None if not now."""
         part = job.parts[0] if job.total == 1 else job.assembly.path or ""
-        name = job.claimed.job_name
         try:
-            summary = self.spool.write_part(f"{job.seq}.summary",
-                                            render_summary(printable(name), printable(job.claimed.name), job.counts,
-                                                           self.summary_top))
-            return part, self.spool.publish_result(part, name, summary, job.format.suffix)
+            return part, self.spool.publish_result(part, job.claimed.job_name, self.summary_path(job),
+                                                   job.format.suffix)
         except FileExistsError:
             self.spool.remove_part(self.summary_path(job))
             self.fail(job, "result_exists",
@@ -203,7 +225,11 @@ class Committer:
         return None
 
     def summary_path(self, job: Job) -> str:
-        return self.spool.part_path(f"{job.seq}.summary")
+        return self.spool.part_path(self.summary_token(job))
+
+    @staticmethod
+    def summary_token(job: Job) -> str:
+        return f"{job.seq}.summary"
 
     def input_changed(self, job: Job) -> bool:
         """Fail a job whose input was written to after its claim (a producer writing in place)."""

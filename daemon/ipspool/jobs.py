@@ -133,12 +133,13 @@ class JobBook:
         fd: int | None = None
         try:
             fd = self.open_input(claimed)
-            kind = sniff(os.pread(fd, SNIFF_BYTES, 0)) if claimed.size else None
+            # One read serves the compression sniff and, when select wants it, the head.
+            wants_head = needs_head(self.config, claimed.name)
+            head = os.pread(fd, head_size(self.config) if wants_head else SNIFF_BYTES, 0) if claimed.size else b""
+            kind = sniff(head)
             fmt = Format()  # a compressed input's format is chosen once it is decompressed
             if kind is None:
-                wants_head = needs_head(self.config, claimed.name)
-                head = os.pread(fd, head_size(self.config), 0) if wants_head else b""
-                fmt = select(self.config, claimed.name, head, claimed.size)
+                fmt = select(self.config, claimed.name, head if wants_head else b"", claimed.size)
         except InputRejected as exc:
             if fd is not None:
                 os.close(fd)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import threading
 from pathlib import Path
@@ -17,6 +18,7 @@ from ipspool.protocol import Done
 from ipspool.states import JobState
 from ipspool.supervisor import Supervisor
 from tests.support.fakes import FakeClock, FakeExecutor
+from tests.support.fsyncs import SyncLog
 from tests.unit.test_decisions_jobs import claim_one, lines, make
 
 
@@ -339,3 +341,69 @@ def test_a_join_still_running_when_its_file_fails_is_cleaned_up_when_it_reports(
     settle(sup)
     assert not Path(sup.committer.assembly_path(job)).exists()
     assert not job.assembly.running
+
+
+def test_a_groups_summaries_are_all_made_durable_then_each_linked_before_its_result_under_one_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rules P and S: claims synced, every summary part fsync'd, then summary and result links, one fsync of
+    results/ for the group, then the retirement."""
+    sup, _, executor = make(tmp_path, slots=8)
+    recorder = with_recorder(sup)
+    claim_one(sup, executor, "a", b"1.2.3.4\n")
+    claim_one(sup, executor, "b", b"1.2.3.5\n")
+    finish_all(sup, executor)
+    events: list[str] = []
+    paths = SyncLog(tmp_path)
+    real_link = os.link
+
+    def fsync(fd: int) -> None:
+        paths(fd)
+        events.append(f"fsync {paths.paths[-1]}")
+
+    def link(src: str, dst: str, **kwargs: Any) -> None:
+        events.append(f"link {dst}")
+        real_link(src, dst, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "link", link)
+    sup.committer.commit()
+    assert events == [
+        "fsync spool/incoming", "fsync spool/active",
+        "fsync spool/results/.parts/1.summary", "fsync spool/results/.parts/2.summary",
+        "link a.summary.json", "link a.jsonl", "link b.summary.json", "link b.jsonl",
+        "fsync spool/results", "fsync spool/done", "fsync spool/active"]
+    assert [name for name, _ in recorder.committed] == ["a", "b"]
+    assert json.loads((sup.config.results_dir / "a.summary.json").read_bytes())["lines"] == 1
+    assert os.listdir(sup.spool.parts_dir) == []
+
+
+def test_a_summary_that_cannot_be_made_durable_is_never_linked_and_the_group_is_published_after_a_back_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fsyncgate: EIO from a summary's fsync links nothing of the group, leaves no summary, backs the commit off."""
+    sup, clock, executor = make(tmp_path, slots=8)
+    recorder = with_recorder(sup)
+    claim_one(sup, executor, "a", b"1.2.3.4\n")
+    claim_one(sup, executor, "b", b"1.2.3.5\n")
+    finish_all(sup, executor)
+    real = os.fsync
+
+    def eio(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/2.summary"):
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", eio)
+    with capture_logs() as logs:
+        sup.committer.commit()
+    assert [e["detail"] for e in logs if e["event"] == "disk.full"] == ["[Errno 5] Input/output error"]
+    assert os.listdir(sup.config.results_dir) == [".parts"]
+    assert sorted(os.listdir(sup.spool.parts_dir)) == ["p0", "p1"]  # the results' parts wait; no summary is left
+    assert all(job.state is JobState.QUEUED for job in sup.book.jobs.values()) and not sup.committer.due()
+    monkeypatch.setattr(os, "fsync", real)
+    clock.advance(0.5)
+    sup.committer.commit()
+    assert [name for name, _ in recorder.committed] == ["a", "b"] and recorder.failed == []
+    assert sorted(os.listdir(sup.config.results_dir)) == [".parts", "a.jsonl", "a.summary.json", "b.jsonl",
+                                                          "b.summary.json"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from ipspool.compression import SNIFF_BYTES
 from ipspool.config import load_config
+from ipspool.formats import head_size
 from ipspool.health import HealthChecks
 from ipspool.intake import SETTLE
 from ipspool.outage import MAX_BACKOFF, DiskOutage
@@ -374,3 +377,32 @@ def test_a_failed_fsync_of_results_is_never_trusted_the_result_is_published_agai
     assert job.state is JobState.DONE
     assert (sup.config.results_dir / "f.jsonl").read_bytes() == b'{"line":1}\n'
     assert (sup.config.spool_dir / "done" / "f").exists()
+
+
+@pytest.mark.parametrize(("name", "data", "read", "kind"), [
+    ("plain.txt", b"1.2.3.4\n", ["sniff"], "plain"),
+    ("table.csv", b"ip,note\n1.2.3.4,x\n", ["head"], "delimited"),
+    ("packed.txt", gzip.compress(b"1.2.3.4\n"), ["sniff"], "gzip"),
+    ("empty.csv", b"", [], "delimited"),
+])
+def test_a_claimed_file_is_read_once_for_its_compression_and_its_head(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, data: bytes, read: list[int], kind: str,
+) -> None:
+    """One pread at offset 0: the sniff's few bytes, or the head select wants when the name says it needs one."""
+    sup, _, _ = make(tmp_path, slots=1)
+    real = os.pread
+    reads: list[str] = []
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(f"/active/{name}"):
+            assert offset == 0
+            reads.append({SNIFF_BYTES: "sniff", head_size(sup.config): "head"}[size])
+        return real(fd, size, offset)
+
+    monkeypatch.setattr(os, "pread", pread)
+    drop(sup, name, data)
+    sup.intake.take_names([name])
+    sup.fill()
+    assert reads == read
+    job = next(iter(sup.book.jobs.values()))
+    assert (job.expansion.kind if job.expansion is not None else job.format.kind) == kind

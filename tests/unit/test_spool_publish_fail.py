@@ -172,6 +172,66 @@ def test_a_result_is_published_by_link_never_over_an_existing_one(sp: Spool, tmp
     assert log.paths == ["results"]
 
 
+def test_summary_parts_are_all_written_then_each_fsynced_before_write_parts_returns(
+    sp: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every file's bytes are in before the first fsync; each file is fsync'd once; an old try's file is replaced."""
+    Path(sp.part_path("2.summary")).write_bytes(b"left by an earlier try")
+    events: list[str] = []
+    log = record_fsyncs(monkeypatch, tmp_path)
+    real_write = os.write
+
+    def write(fd: int, data: Any) -> int:
+        events.append("write")
+        return real_write(fd, data)
+
+    def fsync(fd: int) -> None:
+        log(fd)
+        events.append("fsync")
+
+    monkeypatch.setattr(os, "write", write)
+    monkeypatch.setattr(os, "fsync", fsync)
+    sp.write_parts([("1.summary", b"one\n"), ("2.summary", b"two\n"), ("3.summary", b"three\n")])
+    assert events == ["write"] * 3 + ["fsync"] * 3
+    assert log.paths == [f"results/.parts/{sp.run}/{n}.summary" for n in (1, 2, 3)]
+    assert [Path(sp.part_path(f"{n}.summary")).read_bytes() for n in (1, 2, 3)] == [b"one\n", b"two\n", b"three\n"]
+    assert stat.S_IMODE(os.stat(sp.part_path("1.summary")).st_mode) == 0o640
+
+
+def test_summary_parts_are_fsynced_in_groups_that_bound_the_open_descriptors(
+    sp: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """More files than one group: each group written, then fsync'd, then closed, before the next is opened."""
+    monkeypatch.setattr(spool_mod, "_SYNC_GROUP", 2)
+    most = [0]
+
+    def fsync(fd: int) -> None:
+        most[0] = max(most[0], len(open_under(tmp_path / "results")))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    before = open_under(tmp_path)
+    sp.write_parts([(f"{n}.summary", b"x") for n in range(5)])
+    assert most[0] == 3 + 2  # results/, .parts/ and the run's folder (the spool holds them), and one group
+    assert open_under(tmp_path) == before
+    assert sorted(os.listdir(sp.parts_dir)) == [f"{n}.summary" for n in range(5)]
+
+
+def test_a_summary_fsync_that_fails_leaves_none_of_the_groups_parts(
+    sp: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fsyncgate: a part whose fsync failed is never linked; the whole call is redone later, descriptors closed."""
+    def eio(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/2.summary"):
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", eio)
+    before = open_under(tmp_path)
+    with pytest.raises(OSError, match="Input/output error"):
+        sp.write_parts([("1.summary", b"one"), ("2.summary", b"two"), ("3.summary", b"three")])
+    assert os.listdir(sp.parts_dir) == []
+    assert open_under(tmp_path) == before
+
+
 def test_a_published_link_to_a_symlinked_part_is_the_link_itself(sp: Spool, tmp_path: Path) -> None:
     (tmp_path / "target").write_text("not ours")
     os.symlink(tmp_path / "target", sp.parts_dir / "sym.part")
