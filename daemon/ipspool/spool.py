@@ -373,6 +373,51 @@ def ensure_private_default_acl(path: Path, reader_uid: int | None) -> bool:
     return True
 
 
+def make_subdir(path: Path, producer_gid: int | None, acl_unsupported: list[str]) -> None:
+    """A producer subdirectory of incoming/, made with incoming/'s mode, group and default ACL."""
+    if path.is_symlink():
+        raise SpoolError(f"{path}: is a symbolic link; refusing to follow it")
+    try:
+        # Sticky at birth; setgid and the group come from incoming/. No chmod
+        # is needed then, which the unit's sandbox would refuse for a setgid
+        # mode (RestrictSUIDSGID).
+        path.mkdir(mode=0o1770 if producer_gid is not None else 0o750)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
+    else:
+        if producer_gid is not None:
+            # It inherited incoming/'s default ACL as its access ACL too, whose
+            # empty group entry would lock producers out: give it the plain
+            # rwxrwx--- of incoming/ instead.
+            _plain_access_acl(path)
+    if producer_gid is not None:
+        open_to_producers(path, producer_gid, acl_unsupported)
+
+
+def open_to_producers(path: Path, producer_gid: int, acl_unsupported: list[str]) -> None:
+    """Give tmp/, incoming/ (or a producer subdirectory) the producer group, mode 3770 and the private
+    default ACL; a directory on a filesystem without ACLs is added to ``acl_unsupported``."""
+    # setgid: what producers write belongs to their group, which the daemon
+    # is in; sticky: no producer can rename or delete another's file.
+    # Touched only when wrong, so a sandbox that forbids chown/setgid chmod
+    # (the unit's) is fine once tmpfiles.d has set them.
+    st = path.stat()
+    if st.st_gid != producer_gid:
+        os.chown(path, -1, producer_gid)
+    if stat.S_IMODE(st.st_mode) != 0o3770:
+        path.chmod(0o3770)
+    # A producer's file is readable by itself and the service, not by the
+    # producer group (other producers): a default ACL. Root reads without
+    # it, so it names the service user only when the daemon is not root. (A
+    # directory a producer makes in incoming/ inherits that ACL, which gives
+    # the service no write access to it: producer subdirectories are made by
+    # the daemon, from spool.subdirs.)
+    euid = os.geteuid()
+    if not ensure_private_default_acl(path, euid if euid != 0 else None):
+        acl_unsupported.append(str(path))
+
+
 class OwnerCheck:
     """May a file owned by ``uid`` be processed? Members of the producer group, the service user, root.
 
@@ -549,25 +594,7 @@ class Spool:
     def create_subdirs(self, subdirs: tuple[str, ...], producer_gid: int | None) -> None:
         """incoming/SUB for each name, with incoming/'s mode, group and default ACL (spool.subdirs)."""
         for sub in subdirs:
-            path = self.root / "incoming" / sub
-            if path.is_symlink():
-                raise SpoolError(f"{path}: is a symbolic link; refusing to follow it")
-            try:
-                # Sticky at birth; setgid and the group come from incoming/. No
-                # chmod is needed then, which the unit's sandbox would refuse for
-                # a setgid mode (RestrictSUIDSGID).
-                path.mkdir(mode=0o1770 if producer_gid is not None else 0o750)
-            except FileExistsError:
-                if not path.is_dir():
-                    raise
-            else:
-                if producer_gid is not None:
-                    # It inherited incoming/'s default ACL as its access ACL too,
-                    # whose empty group entry would lock producers out: give it
-                    # the plain rwxrwx--- of incoming/ instead.
-                    _plain_access_acl(path)
-            if producer_gid is not None:
-                self._open_to_producers(path, producer_gid)
+            make_subdir(self.root / "incoming" / sub, producer_gid, self.acl_unsupported)
 
     def _create(self, producer_gid: int | None) -> None:
         # A symlink in place of one of our directories would redirect every
@@ -581,29 +608,9 @@ class Spool:
             path = self.root / sub
             path.mkdir(mode=0o750, exist_ok=True)
             if sub in ("tmp", "incoming") and producer_gid is not None:
-                self._open_to_producers(path, producer_gid)
+                open_to_producers(path, producer_gid, self.acl_unsupported)
         self.results.mkdir(parents=True, exist_ok=True, mode=0o750)
         (self.results / PARTS).mkdir(exist_ok=True, mode=0o700)
-
-    def _open_to_producers(self, path: Path, producer_gid: int) -> None:
-        # setgid: what producers write belongs to their group, which the
-        # daemon is in; sticky: no producer can rename or delete another's
-        # file. Touched only when wrong, so a sandbox that forbids
-        # chown/setgid chmod (the unit's) is fine once tmpfiles.d has set them.
-        st = path.stat()
-        if st.st_gid != producer_gid:
-            os.chown(path, -1, producer_gid)
-        if stat.S_IMODE(st.st_mode) != 0o3770:
-            path.chmod(0o3770)
-        # A producer's file is readable by itself and the service, not by
-        # the producer group (other producers): a default ACL. Root reads
-        # without it, so it names the service user only when the daemon is
-        # not root. (A directory a producer makes in incoming/ inherits that
-        # ACL, which gives the service no write access to it: producer
-        # subdirectories are made by the daemon, from spool.subdirs.)
-        euid = os.geteuid()
-        if not ensure_private_default_acl(path, euid if euid != 0 else None):
-            self.acl_unsupported.append(str(path))
 
     def open(self) -> None:
         for sub in SUBDIRS:

@@ -242,16 +242,19 @@ def test_a_failed_claim_from_a_subdirectory_holds_nothing_open(sp: Spool, tmp_pa
 
 def test_configured_subdirectories_get_incomings_group_mode_and_acl(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    written: list[str] = []
+    written: list[tuple[str, str]] = []
     monkeypatch.setattr(os, "getxattr", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENODATA, "none")))
-    monkeypatch.setattr(os, "setxattr", lambda path, name, value, **k: written.append(Path(path).name))
+    monkeypatch.setattr(os, "setxattr",
+                        lambda path, name, value, **k: written.append((Path(path).name, name.split("_")[-1])))
     spool = Spool(tmp_path / "spool", tmp_path / "results")
     spool.create(producer_gid=os.getgid(), subdirs=("fw", "hp"))
     for sub in ("fw", "hp"):
         path = tmp_path / "spool" / "incoming" / sub
         assert stat.S_IMODE(os.lstat(path).st_mode) == 0o3770
         assert os.lstat(path).st_gid == os.getgid()
-    assert written == ["tmp", "incoming", "fw", "hp"]
+    # The subdirectories: the plain access ACL (rwxrwx---), then the private default one.
+    assert written == [("tmp", "default"), ("incoming", "default"), ("fw", "access"), ("fw", "default"),
+                       ("hp", "access"), ("hp", "default")]
     spool.create(subdirs=("fw",))  # no group: made if missing, left as they are
     assert stat.S_IMODE(os.lstat(tmp_path / "spool" / "incoming" / "fw").st_mode) == 0o3770
 
