@@ -126,7 +126,7 @@ class DelimitedReader:
         start = 0
         for before, lines, end, fields, error in delimited.records(
                 delimited.split_lines_kept(data), self.fmt.delimiter, self.fmt.max_record_bytes):
-            head = data[start:start + INPUT_PREVIEW] if error else b""
+            head = data[start:min(end, start + INPUT_PREVIEW)] if error else b""  # the record's own bytes only
             found.append((first_line + before, lines, fields, error, head))
             start = end
         return found
@@ -142,6 +142,8 @@ class DelimitedReader:
         counts["lines"] += lines
         if fields is None:
             counts["invalid"] += 1
+            if error == delimited.too_long_error(self.fmt.max_record_bytes):
+                counts["error.line_too_long"] += 1
             return [error_fields({"line": line_no}, head.decode("utf-8", "backslashreplace"), error)]
         at = self.fmt.address
         if (at >= len(fields) or not fields[at].strip()) and not any(field.strip() for field in fields):
