@@ -157,6 +157,13 @@ def test_networks_ranges_netmasks_and_list_overlaps(tmp_path: Path) -> None:
     assert records[-1]["ip"] == "198.51.100.7" and records[-1]["lists"] == []
 
 
+def test_wide_ipv6_networks_count_their_addresses_as_a_string() -> None:
+    """/64 and wider hold more addresses than a JSON integer orjson writes: the count is a decimal string."""
+    config = parse_config({"inputs": [{"match": "*", "format": "networks"}]})
+    records = run(b"2001:db8::/65\n2001:db8::/64\n2001:db8::/32\n", select(config, "n"), config)
+    assert [r["addresses"] for r in records] == [1 << 63, str(1 << 64), str(1 << 96)]
+
+
 def test_plain_files_keep_refusing_cidr_notation() -> None:
     """Without a networks rule a CIDR in a plain file is still the plain error."""
     (record,) = run(b"10.0.0.0/8\n", select(Config(), "a.txt"))
