@@ -109,7 +109,8 @@ def test_jsonl_wrap_mode_and_a_named_field() -> None:
     ("GET http://1.2.3.4:8080/x [2001:db8::1]:443", ["1.2.3.4", "2001:db8::1"]),
     ("host-1.2.3.4.example (8.8.8.8), ip=9.9.9.9; end 4.4.4.4.", ["1.2.3.4", "8.8.8.8", "9.9.9.9", "4.4.4.4"]),
     ("version 1.2.3 and 1.2.3.4.5, v1.2.3.4, 1.2.3.4a", []),
-    ("net 10.0.0.0/8 and 2001:db8::/32", []),
+    ("net 10.0.0.0/8 and 2001:db8::/32", ["10.0.0.0", "2001:db8::"]),  # networks: see the records test
+    ("http://1.2.3.4/2026/report 5.6.7.8/33 9.9.9.9/x 1.2.3.0/024", ["1.2.3.4", "5.6.7.8", "9.9.9.9", "1.2.3.0"]),
     ("::ffff:1.2.3.4 and 2001[:]db8[:][:]2", ["::ffff:1.2.3.4", "2001:db8::2"]),
     ("std::vector at 10:20:30", ["10:20:30"]),  # a candidate; the strict parser refuses it
     ("a:" * 2000 + "g", []), (":" * 4000 + " ::1", ["::1"]),  # long runs: read once, not from every start
@@ -125,6 +126,53 @@ def test_free_text_records_carry_line_position_and_what_was_written() -> None:
     records = run(data, select(Config(), "a.log"))
     assert [(r["line"], r["position"], r["ip"], r.get("found")) for r in records] == [
         (1, 7, "192.0.2.1", "192.0.2[.]1"), (3, 3, "2001:db8::5", None)]
+
+
+@pytest.mark.parametrize(("line", "found"), [
+    ("block 198.51.100.0/24 now", [("198.51.100.0", 24, "198.51.100.0/24")]),
+    ("2001:db8::/32, 2001[:]db8[:][:]/48.", [("2001:db8::", 32, "2001:db8::/32"),
+                                             ("2001:db8::", 48, "2001[:]db8[:][:]/48")]),
+    ("198.51.100[.]0/25 and 10.0.0.0/0", [("198.51.100.0", 25, "198.51.100[.]0/25"), ("10.0.0.0", 0, "10.0.0.0/0")]),
+    ("1.2.3.4/33 ::1/129 1.2.3.4/2026 1.2.3.4/x 1.2.3.0/024", [
+        ("1.2.3.4", None, "1.2.3.4"), ("::1", None, "::1"), ("1.2.3.4", None, "1.2.3.4"),
+        ("1.2.3.4", None, "1.2.3.4"), ("1.2.3.0", None, "1.2.3.0")]),
+    ("10.0.0.0/8/9 10.0.0.0/8a 10.0.0.0/8.5", [("10.0.0.0", None, "10.0.0.0")] * 3),
+])
+def test_free_text_prefix_lengths(line: str, found: list[tuple[str, int | None, str]]) -> None:
+    """A prefix length the address can have, ending the token, makes a network; any other / is a path."""
+    assert [(f.address, f.prefix, f.shown) for f in find_addresses(line)] == found
+
+
+def test_free_text_cidr_is_a_network_record_as_the_networks_reader_makes_it(tmp_path: Path) -> None:
+    """``block 198.51.100.0/24 now``: the networks reader's record for 198.51.100.0/24, with position; host bits
+    set is an interface's address (taken, found shows the prefix); an impossible prefix leaves the address."""
+    (tmp_path / "l.txt").write_text("198.51.100.0/25\n")
+    config = parse_config({"pipeline": {"stages": ["classify", "lists"]},
+                           "lists": [{"name": "l", "path": str(tmp_path / "l.txt")}]})
+    data = b"block 198.51.100.0/24 now, 198.51.100[.]0/25 too\nif 192.0.2.5/24 and 1.2.3.4/33 and 2001:db8::/64\n"
+    fmt = select(config, "a.log")
+    loaded = load_pipeline(config)
+    out, counts = process_chunk(data, 1, loaded, [], fmt)
+    records = [orjson.loads(line) for line in out.splitlines()]
+    networks = run(b"198.51.100.0/24\n", select(parse_config({
+        "pipeline": {"stages": ["classify", "lists"]}, "lists": [{"name": "l", "path": str(tmp_path / "l.txt")}],
+        "inputs": [{"match": "*", "format": "networks"}]}), "n"), config)
+    assert records[0] == {"position": 7, **networks[0]}
+    assert records[0]["overlaps"] == ["l"] and list(records[0])[:3] == ["line", "position", "input"]
+    assert (records[1]["network"], records[1]["found"], records[1]["contained_in"]) == (
+        "198.51.100.0/25", "198.51.100[.]0/25", ["l"])
+    assert [(r["line"], r["position"], r.get("ip"), r.get("network"), r.get("found")) for r in records[2:]] == [
+        (2, 4, "192.0.2.5", None, "192.0.2.5/24"), (2, 21, "1.2.3.4", None, None),
+        (2, 36, None, "2001:db8::/64", None)]
+    assert records[-1]["addresses"] == str(1 << 64)
+    assert (counts["networks"], counts["valid"], counts["lines"]) == (3, 2, 2)
+
+
+def test_free_text_skip_reserved_leaves_out_networks_that_are_not_global() -> None:
+    """skip_reserved keeps a global network (or a mixed one, partly global) and leaves out the others."""
+    config = rule(format="text", skip_reserved=True)
+    records = run(b"10.0.0.0/8 8.8.8.0/24 0.0.0.0/0 192.0.2.0/24\n", select(config, "a"), config)
+    assert [(r["network"], r["class"]) for r in records] == [("8.8.8.0/24", "global"), ("0.0.0.0/0", "mixed")]
 
 
 def test_free_text_can_skip_reserved_and_private_addresses() -> None:
