@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipspool.config import Config, parse_config
 from ipspool.formats import Format, process_chunk, select
@@ -118,6 +120,31 @@ def test_jsonl_wrap_mode_and_a_named_field() -> None:
 def test_free_text_candidates(line: str, found: list[str]) -> None:
     """Defanged forms, ports, brackets and prefixes are handled; versions and networks are not taken."""
     assert [f.address for f in find_addresses(line)] == found
+
+
+_TEXTISH = st.text(st.sampled_from(list("0123456789abcdefABCDEF:[]().%xz _/-\u00e9")), max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(line=_TEXTISH)
+def test_free_text_scans_only_around_colons_and_finds_what_a_whole_line_scan_finds(line: str) -> None:
+    """The IPv6 runs found stretch by stretch around colons are those the pattern finds over the whole line."""
+    from ipspool.formats import text
+
+    assert [m.span() for m in text._v6_runs(line)] == [
+        m.span() for m in text._V6.finditer(line) if ":" in m.group()]
+
+
+@settings(max_examples=400, deadline=None)
+@given(line=st.text(st.sampled_from(list("0123456789abcdefABCDEF:::...%e ")), min_size=1, max_size=45))
+def test_free_text_candidates_refused_without_parsing_are_ones_the_parser_refuses(line: str) -> None:
+    """``cannot_be_an_address`` (no ``::``, no dotted tail, not eight hextets) is never wrong about a candidate."""
+    from ipspool.formats.records import parse_text
+    from ipspool.formats.text import cannot_be_an_address
+
+    for found in find_addresses(line):
+        if ":" in found.address and cannot_be_an_address(found.address):
+            assert isinstance(parse_text(found.address), str), found
 
 
 def test_free_text_records_carry_line_position_and_what_was_written() -> None:

@@ -253,6 +253,8 @@ class TextReader:
         line = raw.decode("utf-8", "replace")
         out = []
         for found in text.find_addresses(line):
+            if ":" in found.address and text.cannot_be_an_address(found.address):
+                continue
             verdict = parse_text(found.address)
             if isinstance(verdict, str):
                 continue  # looked like one, is not (an octet over 255): not taken
