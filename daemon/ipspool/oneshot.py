@@ -116,6 +116,7 @@ def _child_init(config: Config, scratch: str, progress: Any) -> None:
     pipeline = load_pipeline(config)
     threads = ThreadPoolExecutor(config.workers.threads, thread_name_prefix="stage") if pipeline.blocking else None
     _CHILD = _ChildState(config, pipeline, scratch, threads, progress)
+    _CHILD.beat()  # a process that has booted (its stages loaded) has made progress
 
 
 def _child_chunk(chunk: Chunk) -> tuple[str, dict[str, int]] | tuple[str, str, str]:
