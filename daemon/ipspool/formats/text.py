@@ -101,7 +101,8 @@ def _found(line: str, start: int, end: int, v6: bool) -> Found:
 
 
 def _v6_runs(line: str) -> Iterator[re.Match[str]]:
-    """The matches of ``_V6.finditer(line)`` that hold a colon (no other can be an address), found faster.
+    """The matches of ``_V6.finditer(line)`` that can be a candidate (two colons, a [:] counting twice), and
+    maybe some that cannot (the caller filters), found faster.
 
     A log line has a dozen runs of hex digits (``Dec``, ``1``, ``Failed``...)
     and few colons: each colon's stretch is scanned from where it begins. The
@@ -114,9 +115,12 @@ def _v6_runs(line: str) -> Iterator[re.Match[str]]:
         while start > pos and line[start - 1] in _IN_STRETCH:
             start -= 1
         end = _STRETCH_FROM.match(line, colon).end()  # type: ignore[union-attr]  # * matches empty
-        for m in _V6.finditer(line, start, end):
-            if ":" in m.group():
-                yield m
+        # A candidate needs two colons (find_addresses counts a [:] twice): a
+        # stretch with fewer (``sshd[42]:``, ``key:``) has none.
+        if line.count(":", start, end) + line.count("[:]", start, end) >= 2:
+            for m in _V6.finditer(line, start, end):
+                if ":" in m.group():
+                    yield m
         pos = end
 
 
