@@ -94,7 +94,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_process(args: argparse.Namespace) -> int:
     from ipspool.oneshot import process_files
 
-    return process_files(_load(args), args.files, args.output)
+    return process_files(_load(args), args.files, args.output, summary=args.summary)
 
 
 # -- status -----------------------------------------------------------------
@@ -366,6 +366,9 @@ def _submit_options(submit: argparse.ArgumentParser) -> None:
 def _process_options(process: argparse.ArgumentParser) -> None:
     process.add_argument("--output", "-o", metavar="FILE",
                          help="write the records to FILE (a temporary name, renamed when whole)")
+    process.add_argument("--summary", metavar="FILE",
+                         help="after the output is whole, write the run's summary (as RESULTS/JOB.summary.json) "
+                              "to FILE")
     process.add_argument("files", nargs="+", metavar="FILE",
                          help="inputs, plain or gzip/bzip2/xz/zstd (known by content); - reads standard input")
 

@@ -21,4 +21,5 @@ class ExitCode(IntEnum):
     INTERNAL_ERROR = 70     # EX_SOFTWARE: an uncaught exception (logged first as one critical event)
     WORKER_BOOT_ERROR = 71  # EX_OSERR: workers cannot start; the daemon halts instead of fork-looping
     SPOOL_ERROR = 73        # EX_CANTCREAT: the spool or results directory is missing or unusable
+    TIMED_OUT = 75          # EX_TEMPFAIL: process: no chunk made progress for workers.heartbeat_timeout
     CONFIG_ERROR = 78       # EX_CONFIG: the configuration is invalid or a stage cannot be loaded

@@ -13,7 +13,15 @@ Nothing big crosses a pipe: a child writes its chunk's records to a part
 file in a private scratch directory and returns the path and the counts; the
 parent copies the parts to the output in input order, holding at most two
 chunks per process in flight. A child that dies breaks the pool
-(``BrokenProcessPool``) instead of leaving a join waiting.
+(``BrokenProcessPool``) instead of leaving a join waiting. A child that hangs
+is bounded by ``workers.heartbeat_timeout``, as a daemon worker is: children
+stamp a shared clock as they go (every few lines, as a daemon worker beats),
+and when neither that stamp nor a finished chunk has moved for that long the
+workers are killed and the run ends ``TIMED_OUT``.
+
+``--summary FILE`` writes the daemon's ``JOB.summary.json`` document
+(``summary.render_summary``) for the whole run, from the chunks' counts, once
+the output is complete.
 
 Standard input, and any input that is not a regular file (a pipe, ``<(...)``),
 is first copied to the scratch directory, since chunks are byte ranges of a
@@ -29,12 +37,13 @@ import shutil
 import stat
 import sys
 import tempfile
+import time
 from collections import Counter, deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from ipspool.chunking import Chunk, chunk_bytes_for
 from ipspool.compression import SNIFF_BYTES, CorruptInput, decompressed_name, expand, sniff
@@ -46,16 +55,23 @@ from ipspool.fsops import write_all
 from ipspool.parts import ChunkFailed, PartWriter, read_chunk, write_part
 from ipspool.pipeline import Pipeline, load_pipeline
 from ipspool.progress import Progress
-from ipspool.spool import InputRejected
+from ipspool.spool import InputRejected, printable
+from ipspool.summary import render_summary
 
 __all__ = ["InputError", "process_files"]
 
 _COPY = 1 << 20
 _IN_FLIGHT_PER_PROCESS = 2
+_INLINE_BATCH = 2048  # lines between progress stamps on a child's own thread (as worker.py)
+_PROGRESS_STEP = 8    # lines a stage thread processes between progress stamps (as worker.py)
 
 
 class InputError(Exception):
     """An input cannot be processed: the message names it and says why."""
+
+
+class Hung(Exception):
+    """No chunk made progress for ``workers.heartbeat_timeout``: the message names the chunk waited for."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,12 @@ class _ChildState:
     pipeline: Pipeline
     scratch: str
     threads: ThreadPoolExecutor | None
+    progress: Any  # a shared c_double: time.monotonic() at this pool's latest progress
+
+    def beat(self) -> None:
+        # CLOCK_MONOTONIC is one clock for every process on the machine, so
+        # the parent can compare the stamp with its own time.monotonic().
+        self.progress.value = time.monotonic()
 
 
 # One per worker process, set by its initializer: a ProcessPoolExecutor task
@@ -86,20 +108,22 @@ class _ChildState:
 _CHILD: _ChildState | None = None
 
 
-def _child_init(config: Config, scratch: str) -> None:
+def _child_init(config: Config, scratch: str, progress: Any) -> None:
     import signal
 
     global _CHILD  # noqa: PLW0603 - see _CHILD
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     pipeline = load_pipeline(config)
     threads = ThreadPoolExecutor(config.workers.threads, thread_name_prefix="stage") if pipeline.blocking else None
-    _CHILD = _ChildState(config, pipeline, scratch, threads)
+    _CHILD = _ChildState(config, pipeline, scratch, threads, progress)
+    _CHILD.beat()  # a process that has booted (its stages loaded) has made progress
 
 
 def _child_chunk(chunk: Chunk) -> tuple[str, dict[str, int]] | tuple[str, str, str]:
     """One chunk into a part file: ("ok"-less) (part, counts), or ("failed", reason, detail)."""
     state = _CHILD
     assert state is not None
+    state.beat()
     part = os.path.join(state.scratch, f"{os.getpid()}.{chunk.job}.{chunk.index}.part")
     try:
         if chunk.too_long:
@@ -126,22 +150,29 @@ def _run(state: _ChildState, chunk: Chunk, raw: bytes) -> Iterator[tuple[bytes, 
         yield work.header, Counter()
     units = len(work)
     if state.threads is None or units == 0:
-        yield _render(state.pipeline, work, 0, units)
+        yield _render(state, work, 0, units, _INLINE_BATCH)
         return
     size = max(1, -(-units // state.config.workers.threads))
-    futures = [state.threads.submit(_render, state.pipeline, work, at, min(at + size, units))
+    futures = [state.threads.submit(_render, state, work, at, min(at + size, units), _PROGRESS_STEP)
                for at in range(0, units, size)]
     for future in futures:
         yield future.result()
 
 
-def _render(pipeline: Pipeline, work: Work, start: int, stop: int) -> tuple[bytes, Counter[str]]:
+def _render(state: _ChildState, work: Work, start: int, stop: int, step: int) -> tuple[bytes, Counter[str]]:
+    """Units ``start:stop`` rendered ``step`` at a time, stamping progress before each step."""
     counts: Counter[str] = Counter()
+    outputs = []
     try:
-        work.prefetch(start, stop, counts)  # batch stages (rdns) resolve the whole batch at once
-        return work.render(start, stop, counts, None), counts
+        # Batch stages (rdns) resolve the whole batch at once; a wait held up
+        # by their rate limit still counts as progress.
+        work.prefetch(start, stop, counts, state.beat)
+        for at in range(start, stop, step):
+            state.beat()
+            outputs.append(work.render(at, min(at + step, stop), counts, None))
+        return b"".join(outputs), counts
     finally:
-        pipeline.release()
+        state.pipeline.release()
 
 
 # -- the parent side ----------------------------------------------------------
@@ -157,13 +188,28 @@ class _OneShot:
         self.bytes_done = 0
         self.files_done = 0
         self.seq = 0
+        context = multiprocessing.get_context("forkserver")
+        # One stamp for the whole pool, written without a lock (a torn float
+        # cannot happen for an aligned 8-byte store): a hung child is found
+        # once the others run out of work, at most one timeout later.
+        self.stamp = context.RawValue("d", time.monotonic())
         self.pool = ProcessPoolExecutor(
-            config.process_count, mp_context=multiprocessing.get_context("forkserver"),
-            initializer=_child_init, initargs=(config, scratch),
+            config.process_count, mp_context=context,
+            initializer=_child_init, initargs=(config, scratch, self.stamp),
         )
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def kill(self) -> None:
+        """SIGKILL every worker process (a hung stage ignores anything gentler), then reap them."""
+        # ProcessPoolExecutor has no public way to stop a busy worker before
+        # Python 3.14 (terminate_workers); its _processes map is the only handle.
+        processes = list(self.pool._processes.values())
+        for child in processes:
+            child.kill()
+        for child in processes:
+            child.join()
 
     def plain(self, name: str) -> _Plain:
         """The input as a plain regular file: opened, copied off a pipe, decompressed as needed."""
@@ -221,6 +267,7 @@ class _OneShot:
     def run(self, plain: _Plain) -> None:
         """Every chunk of one input through the pool; its records to the output, in order."""
         fd = os.open(plain.path, os.O_RDONLY | os.O_CLOEXEC)
+        self.stamp.value = time.monotonic()  # copying or decompressing the input took its own time
         try:
             chunk_bytes = chunk_bytes_for(self.config, plain.size, 0)
             steps = split_chunks(plain.format, fd, plain.size, chunk_bytes, self.config.spool.max_line_bytes,
@@ -242,7 +289,7 @@ class _OneShot:
     def collect(self, plain: _Plain, chunk: Chunk,
                 future: Future[tuple[str, dict[str, int]] | tuple[str, str, str]]) -> None:
         try:
-            outcome = future.result()
+            outcome = self.wait(plain, chunk, future)
         except BrokenProcessPool:
             raise InputError(f"{plain.name}: a worker process died (chunk {chunk.index}, "
                              f"lines from {chunk.first_line})") from None
@@ -255,7 +302,24 @@ class _OneShot:
             os.unlink(part)
         self.counts.update(counts)
         self.bytes_done += chunk.end - chunk.start
+        self.stamp.value = max(self.stamp.value, time.monotonic())  # a chunk collected is progress too
         self.show()
+
+    def wait(self, plain: _Plain, chunk: Chunk,
+             future: Future[tuple[str, dict[str, int]] | tuple[str, str, str]]
+             ) -> tuple[str, dict[str, int]] | tuple[str, str, str]:
+        """The chunk's outcome, or Hung once no child has made progress for ``workers.heartbeat_timeout``."""
+        limit = self.config.workers.heartbeat_timeout
+        while True:
+            idle = time.monotonic() - self.stamp.value
+            if idle >= limit:
+                raise Hung(f"{plain.name}: no progress for {idle:.1f}s (workers.heartbeat_timeout={limit:g}) "
+                           f"waiting for chunk {chunk.index}, lines from {chunk.first_line}: a stage is hung; "
+                           f"the worker processes were killed")
+            try:
+                return future.result(timeout=limit - idle)
+            except TimeoutError:
+                continue
 
     def copy_part(self, part: str) -> None:
         src = os.open(part, os.O_RDONLY | os.O_CLOEXEC)
@@ -270,18 +334,37 @@ class _OneShot:
             self.progress.update(self.bytes_done, self.files_done)
 
 
-def process_files(config: Config, names: list[str], output: str | None, stderr: TextIO | None = None) -> int:
-    """``ipspool process``: the records of every input, in order, to ``output`` (None: stdout)."""
+def process_files(config: Config, names: list[str], output: str | None, stderr: TextIO | None = None,
+                  summary: str | None = None) -> int:
+    """``ipspool process``: the records of every input, in order, to ``output`` (None: stdout); with
+    ``summary``, the run's summary document to that file once the output is whole."""
     err = stderr or sys.stderr
+    refused = _refuse(config, names, output, summary, err)
+    if refused is not None:
+        return refused
+    code, counts = _process(config, names, output, err)
+    if code != ExitCode.OK or summary is None:
+        return code
+    return _write_summary(config, summary, names, counts, err)
+
+
+def _refuse(config: Config, names: list[str], output: str | None, summary: str | None, err: TextIO) -> int | None:
+    """The exit code for a run that must not start (said on ``err``), or None."""
     if names.count("-") > 1:
         print("ipspool: standard input (-) can be named once", file=err)
         return ExitCode.USAGE
+    if summary is not None and output is not None and os.path.abspath(summary) == os.path.abspath(output):
+        print("ipspool: --summary and --output name the same file", file=err)
+        return ExitCode.USAGE
     load_pipeline(config).close()  # a stage that cannot load is a ConfigError, before any work
     missing = [name for name in names if name != "-" and not os.path.exists(name)]
-    if missing:
-        for name in missing:
-            print(f"ipspool: {name}: no such file", file=err)
-        return ExitCode.FAILURE
+    for name in missing:
+        print(f"ipspool: {name}: no such file", file=err)
+    return ExitCode.FAILURE if missing else None
+
+
+def _process(config: Config, names: list[str], output: str | None, err: TextIO) -> tuple[int, Counter[str]]:
+    """Every input through the pool to the output: the exit code and the counts of every chunk."""
     scratch = tempfile.mkdtemp(prefix="ipspool-process-")
     target = _Output(output)
     progress = Progress(0, len(names), err, unit="bytes") if err.isatty() else None
@@ -297,20 +380,41 @@ def process_files(config: Config, names: list[str], output: str | None, stderr: 
         # The reader went away (``| head``): nothing more is wanted, and a
         # message would only be noise in a pipeline.
         target.abort()
-        return ExitCode.FAILURE
+        return ExitCode.FAILURE, shot.counts
     except InputError as exc:
         target.abort()
         print(f"ipspool: {exc}", file=err)
-        return ExitCode.FAILURE
+        return ExitCode.FAILURE, shot.counts
+    except Hung as exc:
+        shot.kill()
+        target.abort()
+        print(f"ipspool: {exc}", file=err)
+        return ExitCode.TIMED_OUT, shot.counts
     except OSError as exc:
         target.abort()
         print(f"ipspool: writing {output or 'standard output'}: {exc.strerror or exc}", file=err)
-        return ExitCode.FAILURE
+        return ExitCode.FAILURE, shot.counts
     finally:
         shot.close()
         if progress is not None:
             progress.close()
         shutil.rmtree(scratch, ignore_errors=True)
+    return ExitCode.OK, shot.counts
+
+
+def _write_summary(config: Config, path: str, names: list[str], counts: Counter[str], err: TextIO) -> int:
+    """The daemon's summary document for the run (one for all inputs), under a temporary name, then renamed."""
+    # One input: the daemon's job and file name for it (its base name). Several:
+    # one summary of them all, counted together and named together.
+    name = printable(", ".join(os.path.basename(n) or n for n in names))
+    target = _Output(path)
+    try:
+        write_all(target.fd, render_summary(name, name, counts, config.spool.summary_top))
+        target.commit()
+    except OSError as exc:
+        target.abort()
+        print(f"ipspool: writing the summary {path}: {exc.strerror or exc}", file=err)
+        return ExitCode.FAILURE
     return ExitCode.OK
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 from ipspool.exitcodes import ExitCode
 from tests.e2e.test_e2e import addresses
 from tests.support.compressed import compress
-from tests.support.daemon import Daemon, python_path
+from tests.support.daemon import Daemon, python_path, wait_for
+from tests.support.geodb import asn_db, country_db
 
 
 def process(*args: str, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -159,3 +163,106 @@ def test_process_draws_a_progress_bar_only_when_stderr_is_a_terminal(tmp_path: P
     assert run.returncode == ExitCode.OK
     assert f"{len(data)}/{len(data)} bytes, 1/1 files".encode() in shown and b"\r[" in shown
     assert run.stdout.count(b"\n") > 2_000 and b"bytes" not in run.stdout
+
+
+def test_process_summary_is_the_daemon_summary_for_the_same_input(make_daemon: Callable[..., Daemon],
+                                                                 tmp_path: Path) -> None:
+    """``--summary FILE`` for one many-chunk input: the same bytes as RESULTS/NAME.summary.json (classes, lists,
+    countries, ASNs, errors by kind), written only beside a whole ``-o`` file."""
+    d = make_daemon()
+    lists = d.root / "drop.txt"
+    lists.write_text("192.0.2.0/24\n10.0.0.0/8\n")
+    d.write_config(
+        spool={"summary_top": 3},
+        workers={"chunk_bytes": 4096},
+        pipeline={"stages": ["classify", "lists", "geoip"]},
+        lists=[{"name": "drop", "path": str(lists)}],
+        geoip={"country_db": country_db(d.root / "c.mmdb"), "asn_db": asn_db(d.root / "a.mmdb")},
+    )
+    d.start()
+    lines = (["192.0.2.1", "2001:db8:1::5", "10.1.2.3", "8.8.8.8", "not-an-ip", "", "# c"] * 400) + ["x" * 5000]
+    data = ("\n".join(lines) + "\n").encode()
+    (tmp_path / "mixed.txt").write_bytes(data)
+    d.drop("mixed.txt", data)
+    d.wait_result("mixed.txt")
+    out, summary = tmp_path / "out" / "records.jsonl", tmp_path / "out" / "mixed.summary.json"
+    out.parent.mkdir()
+    run = process("--config", str(d.config_path), "-o", str(out), "--summary", str(summary),
+                  str(tmp_path / "mixed.txt"))
+    assert run.returncode == ExitCode.OK, run.stderr
+    assert out.read_bytes() == d.result_path("mixed.txt").read_bytes()
+    assert summary.read_bytes() == (d.results / "mixed.txt.summary.json").read_bytes()
+    assert json.loads(summary.read_bytes())["errors_by_kind"] == {"line_too_long": 1, "not_an_address": 400}
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mixed.summary.json", "records.jsonl"]
+    assert d.stop() == 0
+
+
+def test_process_summary_of_several_inputs_counts_them_together(tmp_path: Path) -> None:
+    """Several inputs, one summary: counts over all of them, ``job`` and ``file`` their base names joined."""
+    (tmp_path / "a.txt").write_text("192.0.2.1\nnope\n")
+    (tmp_path / "b.txt").write_text("10.0.0.1\n\n")
+    summary = tmp_path / "run.json"
+    run = process("--summary", str(summary), str(tmp_path / "a.txt"), "-", stdin=b"8.8.8.8\n")
+    assert run.returncode == ExitCode.OK, run.stderr
+    doc = json.loads(summary.read_bytes())
+    assert doc["job"] == doc["file"] == "a.txt, -"
+    assert (doc["lines"], doc["addresses"], doc["errors"], doc["skipped"]) == (3, 2, 1, 0)
+    both = process("--summary", str(summary), str(tmp_path / "a.txt"), str(tmp_path / "b.txt"))
+    assert json.loads(summary.read_bytes())["lines"] == 4 and both.returncode == ExitCode.OK
+
+
+def test_process_summary_is_not_written_when_the_run_fails(tmp_path: Path) -> None:
+    """A corrupt input: no output and no summary, not even a temporary name; one file for both is a usage error."""
+    whole = compress("gzip", sample(30_000))
+    (tmp_path / "cut.gz").write_bytes(whole[: len(whole) // 2])
+    run = process("--summary", str(tmp_path / "s.json"), "-o", str(tmp_path / "o"), str(tmp_path / "cut.gz"))
+    assert run.returncode == ExitCode.FAILURE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cut.gz"]
+    same = process("--summary", str(tmp_path / "o"), "-o", str(tmp_path / "o"), str(tmp_path / "cut.gz"))
+    assert same.returncode == ExitCode.USAGE and b"same file" in same.stderr
+
+
+def _marked(mark: str) -> list[int]:
+    """Live processes whose environment carries ``IPSPOOL_TEST_MARK=mark`` (zombies show none)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+        except OSError:  # gone, or not ours to read
+            continue
+        if f"IPSPOOL_TEST_MARK={mark}".encode() in environ.split(b"\0"):
+            found.append(int(entry))
+    return found
+
+
+def test_process_with_a_hung_stage_gives_up_after_heartbeat_timeout(make_daemon: Callable[..., Daemon],
+                                                                   tmp_path: Path) -> None:
+    """A stage that never returns: after ``workers.heartbeat_timeout`` of no progress, TIMED_OUT with the
+    chunk on stderr, every worker process killed, no ``-o`` file and no scratch left."""
+    # Long enough for a worker process to boot on a loaded machine (booting counts as no progress).
+    d = make_daemon(workers={"chunk_bytes": 4096, "heartbeat_timeout": 4.0},
+                    pipeline={"stages": ["classify", "tests.support.stagelib:hang"]})
+    d.write_config()
+    data = sample(3_000) + b"6.6.6.6\n" + sample(3_000, seed=9)
+    (tmp_path / "in.txt").write_bytes(data)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    mark = uuid.uuid4().hex
+    began = time.monotonic()
+    run = subprocess.run(
+        [sys.executable, "-m", "ipspool", "process", "--config", str(d.config_path), "-o", str(tmp_path / "out"),
+         "--summary", str(tmp_path / "s.json"), str(tmp_path / "in.txt")],
+        capture_output=True, timeout=60, check=False,
+        env={**os.environ, "PYTHONPATH": python_path(), "TMPDIR": str(scratch), "IPSPOOL_TEST_MARK": mark},
+    )
+    took = time.monotonic() - began
+    assert run.returncode == ExitCode.TIMED_OUT, run.stderr
+    assert b"no progress for" in run.stderr and b"workers.heartbeat_timeout=4" in run.stderr
+    assert b"in.txt" in run.stderr and b"chunk " in run.stderr and run.stdout == b""
+    assert 4.0 <= took < 40
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "in.txt", "scratch"]
+    assert list(scratch.iterdir()) == []
+    # The forkserver leaves once its parent is gone; the killed workers are gone already.
+    wait_for(lambda: not _marked(mark), 10, 0.05, what="every process of the run to be gone")

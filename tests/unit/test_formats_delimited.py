@@ -20,6 +20,7 @@ from ipspool.config import Config, parse_config
 from ipspool.formats import Format, process_chunk, select, split_chunks
 from ipspool.formats.delimited import csv_rows, quote_free_rows, records, split_lines_kept
 from ipspool.formats.readers import DelimitedReader
+from ipspool.formats.work import too_long_output
 from ipspool.pipeline import Pipeline, load_pipeline
 from ipspool.spool import InputRejected
 
@@ -205,6 +206,59 @@ def test_a_record_over_the_limit_becomes_a_chunk_of_its_own(tmp_path: Path) -> N
     assert [(c.first_line, c.too_long) for c in chunks][:2] == [(2, False), (3, True)]
     assert chunks[-1].end == len(data)
     assert all(a.end == b.start for a, b in pairwise(chunks))
+
+
+def result_of(path: Path, fmt: Format, chunk_bytes: int, limit: int, loaded: Pipeline) -> tuple[bytes, Counter[str]]:
+    """The file's result and counts as the daemon makes them: split, then each chunk as a worker runs it."""
+    data = path.read_bytes()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = [c for c in split_chunks(fmt, fd, len(data), chunk_bytes, limit, path=str(path)) if c is not None]
+    finally:
+        os.close(fd)
+    out, total = b"", Counter[str]()
+    for c in chunks:
+        piece, counts = (too_long_output(c, limit, loaded.names) if c.too_long else
+                         process_chunk(data[c.start:c.end], c.first_line, loaded, [], fmt, c.index == 0))
+        out += piece
+        total.update(counts)
+    return out, total
+
+
+_OVER = 40  # spool.max_line_bytes of the over-long record tests
+_LONG_RECORDS = st.sampled_from([
+    b"192.0.2.9," + b"z" * 60 + b"\n",                       # one physical line
+    b'192.0.2.9,"' + b"z" * 60 + b'",deny\r\n',               # one quoted field
+    b'192.0.2.9,"' + b"zzzzzzz\n" * 8 + b'",deny\n',          # quoted newlines past the limit
+    b'192.0.2.9,"unterminated\n' + b"q\n" * 30,              # a quote that never closes
+    b"192.0.2.9," + b"z" * 39 + b"\n",                       # exactly over: 51 bytes with its newline
+])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=st.lists(st.sampled_from([b"192.0.2.1,a\n", b'198.51.100.7,"b\nc"\n', b"x,y\n", b"\n"]), max_size=6),
+       long=_LONG_RECORDS, carry=st.booleans(),
+       after=st.lists(st.sampled_from([b"192.0.2.2,d\n", b'"2001:db8::1",e\n', b"bad,f\n"]), max_size=6))
+def test_an_over_long_record_gives_one_result_for_every_chunk_size(
+    tmp_path: Path, before: list[bytes], long: bytes, carry: bool, after: list[bytes],
+) -> None:
+    """A record over spool.max_line_bytes among short ones, split at every chunk size from 1 byte to past the
+    file's end: the same result bytes and counts each time (one error record, the same message and preview,
+    every physical line counted), and the same as reading the body as one chunk without the splitter."""
+    data = b"ip,note\n" + b"".join(before) + long + b"".join(after)
+    path = tmp_path / "f.csv"
+    path.write_bytes(data)
+    config = parse_config({"spool": {"max_line_bytes": _OVER},
+                           "inputs": [{"match": "*", "format": "delimited", **({"carry": ["note"]} if carry else {})}]})
+    fmt = select(config, "f.csv", data, len(data))
+    loaded = load_pipeline(config)
+    whole, whole_counts = process_chunk(data[fmt.body_start:], fmt.header_lines + 1, loaded, [], fmt)
+    errors = [r for r in map(orjson.loads, whole.splitlines()) if r.get("error", "").startswith("record too long")]
+    assert [e["line"] for e in errors][:1] == [2 + len(before) + b"".join(before).count(b'"b\nc"')]
+    assert whole_counts["error.line_too_long"] == len(errors) >= 1
+    assert whole_counts["lines"] == data.count(b"\n") - 1 + (not data.endswith(b"\n"))
+    for chunk_bytes in range(1, len(data) + 2):
+        assert result_of(path, fmt, chunk_bytes, _OVER, loaded) == (whole, whole_counts), chunk_bytes
 
 
 def test_chunks_end_only_where_records_end_even_when_records_outgrow_the_read_ahead(tmp_path: Path) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import csv
 import io
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ipspool.config import Config, parse_config
 from ipspool.formats import Format, process_chunk, select
@@ -109,7 +113,8 @@ def test_jsonl_wrap_mode_and_a_named_field() -> None:
     ("GET http://1.2.3.4:8080/x [2001:db8::1]:443", ["1.2.3.4", "2001:db8::1"]),
     ("host-1.2.3.4.example (8.8.8.8), ip=9.9.9.9; end 4.4.4.4.", ["1.2.3.4", "8.8.8.8", "9.9.9.9", "4.4.4.4"]),
     ("version 1.2.3 and 1.2.3.4.5, v1.2.3.4, 1.2.3.4a", []),
-    ("net 10.0.0.0/8 and 2001:db8::/32", []),
+    ("net 10.0.0.0/8 and 2001:db8::/32", ["10.0.0.0", "2001:db8::"]),  # networks: see the records test
+    ("http://1.2.3.4/2026/report 5.6.7.8/33 9.9.9.9/x 1.2.3.0/024", ["1.2.3.4", "5.6.7.8", "9.9.9.9", "1.2.3.0"]),
     ("::ffff:1.2.3.4 and 2001[:]db8[:][:]2", ["::ffff:1.2.3.4", "2001:db8::2"]),
     ("std::vector at 10:20:30", ["10:20:30"]),  # a candidate; the strict parser refuses it
     ("a:" * 2000 + "g", []), (":" * 4000 + " ::1", ["::1"]),  # long runs: read once, not from every start
@@ -119,12 +124,87 @@ def test_free_text_candidates(line: str, found: list[str]) -> None:
     assert [f.address for f in find_addresses(line)] == found
 
 
+_TEXTISH = st.text(st.sampled_from(list("0123456789abcdefABCDEF:[]().%xz _/-\u00e9")), max_size=40)
+
+
+@settings(max_examples=400, deadline=None)
+@given(line=_TEXTISH)
+def test_free_text_scans_only_around_colons_and_finds_what_a_whole_line_scan_finds(line: str) -> None:
+    """The IPv6 candidates found stretch by stretch around colons are those the pattern finds over the whole
+    line."""
+    from ipspool.formats import text
+
+    def candidates(matches: Iterable[re.Match[str]]) -> list[tuple[int, int]]:
+        return [m.span() for m in matches if m.group().count(":") + m.group().count("[:]") >= 2]
+
+    assert candidates(text._v6_runs(line)) == candidates(text._V6.finditer(line))
+
+
+@settings(max_examples=400, deadline=None)
+@given(line=st.text(st.sampled_from(list("0123456789abcdefABCDEF:::...%e ")), min_size=1, max_size=45))
+def test_free_text_candidates_refused_without_parsing_are_ones_the_parser_refuses(line: str) -> None:
+    """``cannot_be_an_address`` (no ``::``, no dotted tail, not eight hextets) is never wrong about a candidate."""
+    from ipspool.formats.records import parse_text
+    from ipspool.formats.text import cannot_be_an_address
+
+    for found in find_addresses(line):
+        if ":" in found.address and cannot_be_an_address(found.address):
+            assert isinstance(parse_text(found.address), str), found
+
+
 def test_free_text_records_carry_line_position_and_what_was_written() -> None:
     """Every address a record, with position (1-based) and found when defanged; not-addresses dropped."""
     data = b"\xef\xbb\xbfSeen: 192.0.2[.]1 at 10:20:30, and 999.1.1.1\nnothing here\n  2001:db8::5\n"
     records = run(data, select(Config(), "a.log"))
     assert [(r["line"], r["position"], r["ip"], r.get("found")) for r in records] == [
         (1, 7, "192.0.2.1", "192.0.2[.]1"), (3, 3, "2001:db8::5", None)]
+
+
+@pytest.mark.parametrize(("line", "found"), [
+    ("block 198.51.100.0/24 now", [("198.51.100.0", 24, "198.51.100.0/24")]),
+    ("2001:db8::/32, 2001[:]db8[:][:]/48.", [("2001:db8::", 32, "2001:db8::/32"),
+                                             ("2001:db8::", 48, "2001[:]db8[:][:]/48")]),
+    ("198.51.100[.]0/25 and 10.0.0.0/0", [("198.51.100.0", 25, "198.51.100[.]0/25"), ("10.0.0.0", 0, "10.0.0.0/0")]),
+    ("1.2.3.4/33 ::1/129 1.2.3.4/2026 1.2.3.4/x 1.2.3.0/024", [
+        ("1.2.3.4", None, "1.2.3.4"), ("::1", None, "::1"), ("1.2.3.4", None, "1.2.3.4"),
+        ("1.2.3.4", None, "1.2.3.4"), ("1.2.3.0", None, "1.2.3.0")]),
+    ("10.0.0.0/8/9 10.0.0.0/8a 10.0.0.0/8.5", [("10.0.0.0", None, "10.0.0.0")] * 3),
+])
+def test_free_text_prefix_lengths(line: str, found: list[tuple[str, int | None, str]]) -> None:
+    """A prefix length the address can have, ending the token, makes a network; any other / is a path."""
+    assert [(f.address, f.prefix, f.shown) for f in find_addresses(line)] == found
+
+
+def test_free_text_cidr_is_a_network_record_as_the_networks_reader_makes_it(tmp_path: Path) -> None:
+    """``block 198.51.100.0/24 now``: the networks reader's record for 198.51.100.0/24, with position; host bits
+    set is an interface's address (taken, found shows the prefix); an impossible prefix leaves the address."""
+    (tmp_path / "l.txt").write_text("198.51.100.0/25\n")
+    config = parse_config({"pipeline": {"stages": ["classify", "lists"]},
+                           "lists": [{"name": "l", "path": str(tmp_path / "l.txt")}]})
+    data = b"block 198.51.100.0/24 now, 198.51.100[.]0/25 too\nif 192.0.2.5/24 and 1.2.3.4/33 and 2001:db8::/64\n"
+    fmt = select(config, "a.log")
+    loaded = load_pipeline(config)
+    out, counts = process_chunk(data, 1, loaded, [], fmt)
+    records = [orjson.loads(line) for line in out.splitlines()]
+    networks = run(b"198.51.100.0/24\n", select(parse_config({
+        "pipeline": {"stages": ["classify", "lists"]}, "lists": [{"name": "l", "path": str(tmp_path / "l.txt")}],
+        "inputs": [{"match": "*", "format": "networks"}]}), "n"), config)
+    assert records[0] == {"position": 7, **networks[0]}
+    assert records[0]["overlaps"] == ["l"] and list(records[0])[:3] == ["line", "position", "input"]
+    assert (records[1]["network"], records[1]["found"], records[1]["contained_in"]) == (
+        "198.51.100.0/25", "198.51.100[.]0/25", ["l"])
+    assert [(r["line"], r["position"], r.get("ip"), r.get("network"), r.get("found")) for r in records[2:]] == [
+        (2, 4, "192.0.2.5", None, "192.0.2.5/24"), (2, 21, "1.2.3.4", None, None),
+        (2, 36, None, "2001:db8::/64", None)]
+    assert records[-1]["addresses"] == str(1 << 64)
+    assert (counts["networks"], counts["valid"], counts["lines"]) == (3, 2, 2)
+
+
+def test_free_text_skip_reserved_leaves_out_networks_that_are_not_global() -> None:
+    """skip_reserved keeps a global network (or a mixed one, partly global) and leaves out the others."""
+    config = rule(format="text", skip_reserved=True)
+    records = run(b"10.0.0.0/8 8.8.8.0/24 0.0.0.0/0 192.0.2.0/24\n", select(config, "a"), config)
+    assert [(r["network"], r["class"]) for r in records] == [("8.8.8.0/24", "global"), ("0.0.0.0/0", "mixed")]
 
 
 def test_free_text_can_skip_reserved_and_private_addresses() -> None:
@@ -155,6 +235,13 @@ def test_networks_ranges_netmasks_and_list_overlaps(tmp_path: Path) -> None:
     host_bits = next(r for r in records if r["line"] == 4)
     assert "has host bits set" in host_bits["error"]
     assert records[-1]["ip"] == "198.51.100.7" and records[-1]["lists"] == []
+
+
+def test_wide_ipv6_networks_count_their_addresses_as_a_string() -> None:
+    """/64 and wider hold more addresses than a JSON integer orjson writes: the count is a decimal string."""
+    config = parse_config({"inputs": [{"match": "*", "format": "networks"}]})
+    records = run(b"2001:db8::/65\n2001:db8::/64\n2001:db8::/32\n", select(config, "n"), config)
+    assert [r["addresses"] for r in records] == [1 << 63, str(1 << 64), str(1 << 96)]
 
 
 def test_plain_files_keep_refusing_cidr_notation() -> None:

@@ -8,7 +8,10 @@ lines) and runs the very parser the worker will run (``delimited.records``),
 so a quoted newline never falls on a chunk boundary, whatever the chunk
 size. Its first chunk starts after the header, which every chunk carries in
 its ``Format``. A record over ``max_line_bytes`` becomes a chunk of its own
-marked ``too_long``, never read whole, as an over-long plain line does.
+marked ``too_long``, never read whole, as an over-long plain line does; its
+error record is the one the worker's reader makes of such a record inside a
+chunk (the last chunk is not scanned for one), so it is the same for any
+chunk size.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ chunk size (a property test checks this against ``csv`` over the whole file).
 A record longer than ``max_record_bytes`` (an unterminated quote swallowing
 the rest of the file, say) ends at the line where it passed the limit and
 becomes an error record, so no record is ever held whole beyond the limit.
+The splitter cuts such a record out as a chunk of its own (``too_long``) and
+the worker describes it with ``cut_record`` without reading it: the same
+error record, line count and preview as ``records`` gives inside a chunk.
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import os
 from collections.abc import Iterable, Iterator
 from itertools import accumulate
 
-__all__ = ["Row", "csv_rows", "file_lines", "quote_free_rows", "records", "split_lines_kept"]
+__all__ = ["Row", "csv_rows", "cut_record", "file_lines", "quote_free_rows", "records", "split_lines_kept",
+           "too_long_error"]
 
 _READ_BLOCK = 1 << 20
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # as parts.py opens an input
 
 
 class _TooLong(Exception):
@@ -89,7 +94,7 @@ def records(lines: Iterable[bytes | int], delimiter: str, limit: int) -> Iterato
     reader reads no further than the record's end).
     """
     feed = _Feed(lines, limit)
-    too_long = f"record too long: over {limit} bytes (limit spool.max_line_bytes)"
+    too_long = too_long_error(limit)
     while True:
         feed.record_start = feed.offset
         before = feed.count
@@ -107,6 +112,26 @@ def records(lines: Iterable[bytes | int], delimiter: str, limit: int) -> Iterato
         except csv.Error as exc:
             fields, error = None, f"not a valid {_name(delimiter)} record: {exc}"
         yield before, feed.count - before, feed.offset, fields, error
+
+
+def too_long_error(limit: int) -> str:
+    """The error of a record over the limit, wherever it was found (one message for any chunking)."""
+    return f"record too long: over {limit} bytes (limit spool.max_line_bytes)"
+
+
+def cut_record(path: str, start: int, end: int, limit: int, preview: int) -> tuple[int, bytes]:
+    """(physical lines, first ``preview`` bytes) of the over-long record ``records`` ended at ``[start, end)``.
+
+    Two short reads, however long the record: ``records`` ends a record on
+    the line that takes it past ``limit``, so every line before that one
+    lies within the first ``limit`` bytes, and that line ends at ``end``.
+    """
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        head = os.pread(fd, min(max(limit, preview), end - start), start)
+    finally:
+        os.close(fd)
+    return head[:limit].count(b"\n") + 1, head[:preview]
 
 
 def _name(delimiter: str) -> str:

@@ -21,9 +21,12 @@ from ipspool.formats.records import address_record, error_fields
 from ipspool.pipeline import Pipeline
 from ipspool.protocol import Alert
 
-__all__ = ["line_records", "parse_networks"]
+__all__ = ["Network", "line_records", "network_record", "parse_networks"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# orjson writes integers up to 2**64 - 1; an IPv6 network of /64 or wider
+# holds more addresses than that, and its count is written as a string.
+_MAX_JSON_INT = (1 << 64) - 1
 
 
 def parse_networks(text: str) -> list[Network] | None:
@@ -53,10 +56,16 @@ def _class(network: Network) -> str:
     return first if first == last else "mixed"
 
 
-def _network_record(line_no: int, text: str, network: Network, pipeline: Pipeline) -> dict[str, Any]:
+def _count(network: Network) -> int | str:
+    n = network.num_addresses
+    return n if n <= _MAX_JSON_INT else str(n)
+
+
+def network_record(where: dict[str, Any], text: str, network: Network, pipeline: Pipeline) -> dict[str, Any]:
+    """``where`` (``line`` first, then a position) completed for the network ``text`` names."""
     record: dict[str, Any] = {
-        "line": line_no, "input": text, "network": str(network), "version": network.version,
-        "prefix": network.prefixlen, "addresses": network.num_addresses, "class": _class(network),
+        **where, "input": text, "network": str(network), "version": network.version,
+        "prefix": network.prefixlen, "addresses": _count(network), "class": _class(network),
     }
     for stage in pipeline.stages:
         overlap = getattr(stage, "overlap", None)
@@ -81,7 +90,7 @@ def line_records(line_no: int, text: str, expand_cap: int, pipeline: Pipeline, c
     out = []
     for network in found:
         counts["networks"] += 1
-        out.append(_network_record(line_no, text, network, pipeline))
+        out.append(network_record({"line": line_no}, text, network, pipeline))
         if 0 < network.num_addresses <= expand_cap:
             for address in network:
                 out.append(address_record({"line": line_no, "network": str(network)}, str(address),

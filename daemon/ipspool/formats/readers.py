@@ -8,6 +8,7 @@ pooled worker splits a chunk of any format exactly as it splits plain lines.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -126,7 +127,7 @@ class DelimitedReader:
         start = 0
         for before, lines, end, fields, error in delimited.records(
                 delimited.split_lines_kept(data), self.fmt.delimiter, self.fmt.max_record_bytes):
-            head = data[start:start + INPUT_PREVIEW] if error else b""
+            head = data[start:min(end, start + INPUT_PREVIEW)] if error else b""  # the record's own bytes only
             found.append((first_line + before, lines, fields, error, head))
             start = end
         return found
@@ -142,6 +143,8 @@ class DelimitedReader:
         counts["lines"] += lines
         if fields is None:
             counts["invalid"] += 1
+            if error == delimited.too_long_error(self.fmt.max_record_bytes):
+                counts["error.line_too_long"] += 1
             return [error_fields({"line": line_no}, head.decode("utf-8", "backslashreplace"), error)]
         at = self.fmt.address
         if (at >= len(fields) or not fields[at].strip()) and not any(field.strip() for field in fields):
@@ -236,7 +239,7 @@ class TextReader:
 
     def addresses(self, unit: tuple[int, bytes]) -> list[str]:
         line = _clean(unit[0], unit[1]).decode("utf-8", "replace")
-        return [found.address for found in text.find_addresses(line)]
+        return [found.address for found in text.find_addresses(line) if _network(found) is None]
 
     def records(self, unit: tuple[int, bytes], pipeline: Pipeline, counts: Counts,
                 alerts: list[Alert] | None) -> list[dict[str, Any]]:
@@ -250,20 +253,42 @@ class TextReader:
         line = raw.decode("utf-8", "replace")
         out = []
         for found in text.find_addresses(line):
+            if ":" in found.address and text.cannot_be_an_address(found.address):
+                continue
             verdict = parse_text(found.address)
             if isinstance(verdict, str):
                 continue  # looked like one, is not (an octet over 255): not taken
-            if self.fmt.skip_reserved and not verdict[3]:
+            network = _network(found)
+            if network is not None:
+                record = networks.network_record({"line": line_no, "position": found.position},
+                                                 f"{found.address}/{found.prefix}", network, pipeline)
+                if self.fmt.skip_reserved and record["class"] not in ("global", "mixed"):
+                    counts["skipped_reserved"] += 1
+                    continue
+                counts["networks"] += 1
+            elif self.fmt.skip_reserved and not verdict[3]:
                 counts["skipped_reserved"] += 1
                 continue
-            record = address_record({"line": line_no, "position": found.position}, found.address,
-                                    pipeline, counts, alerts)
-            if found.shown != found.address:
+            else:
+                record = address_record({"line": line_no, "position": found.position}, found.address,
+                                        pipeline, counts, alerts)
+            if found.shown != record["input"]:
                 record["found"] = found.shown
             out.append(record)
         if not out:
             counts["skipped"] += 1
         return out
+
+
+def _network(found: text.Found) -> networks.Network | None:
+    """The network a candidate is written as; None for an address, or an address with host bits set
+    (``192.0.2.5/24``: an interface's address and its prefix; the address is what is taken)."""
+    if found.prefix is None:
+        return None
+    try:
+        return ipaddress.ip_network(f"{found.address}/{found.prefix}")
+    except ValueError:
+        return None
 
 
 class NetworksReader:

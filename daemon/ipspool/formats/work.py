@@ -18,9 +18,10 @@ import orjson
 
 from ipspool.chunking import Chunk
 from ipspool.fastip import ParsedAddress
+from ipspool.formats import delimited
 from ipspool.formats.output import Output
 from ipspool.formats.readers import reader_for
-from ipspool.formats.records import parse_text
+from ipspool.formats.records import INPUT_PREVIEW, error_fields, parse_text
 from ipspool.formats.spec import Format
 from ipspool.parts import too_long_record
 from ipspool.pipeline import Pipeline, process_lines, split_lines
@@ -114,8 +115,17 @@ def process_chunk(data: bytes, first_line: int, pipeline: Pipeline, alerts: list
 
 def too_long_output(chunk: Chunk, limit: int, stage_names: tuple[str, ...]) -> tuple[bytes, Counts]:
     """The result of a chunk that is one over-long line or record, in its file's output format."""
-    data, counts = too_long_record(chunk, limit)
     fmt = chunk.format
+    if fmt is not None and fmt.kind == "delimited":
+        # The record DelimitedReader makes of it inside a chunk, so that where
+        # the chunk boundaries fall changes nothing.
+        lines, head = delimited.cut_record(chunk.path, chunk.start, chunk.end, limit, INPUT_PREVIEW)
+        counts: Counts = Counter({"lines": lines, "invalid": 1, "error.line_too_long": 1})
+        record = error_fields({"line": chunk.first_line}, head.decode("utf-8", "backslashreplace"),
+                              delimited.too_long_error(limit))
+        output = Output(fmt, stage_names)
+        return (output.header() if chunk.index == 0 else b"") + output.write([record]), counts
+    data, counts = too_long_record(chunk, limit)
     if fmt is not None and fmt.output == "csv":
         output = Output(fmt, stage_names)
         data = (output.header() if chunk.index == 0 else b"") + output.write([orjson.loads(data)])

@@ -120,6 +120,8 @@ EXIT_CODES: dict[ExitCode, str] = {
     ExitCode.CONFIG_ERROR: "The configuration is invalid or a stage cannot be loaded.",
     ExitCode.SPOOL_ERROR: "run: the spool or results directory is missing, not a directory, a symbolic link, "
                           "or not writable.",
+    ExitCode.TIMED_OUT: "process: no chunk made progress for workers.heartbeat_timeout seconds (a hung stage); "
+                        "the worker processes are killed and no \\-o file is written.",
     ExitCode.NOT_RUNNING: "status, reload: no daemon answers on the stats socket of this configuration.",
     ExitCode.RELOAD_REJECTED: "reload: the daemon refused the new configuration and keeps running on the old one.",
     ExitCode.INTERNAL_ERROR: "An uncaught exception (a bug): logged first as one critical event "
