@@ -61,6 +61,7 @@ class Committer:
         committed: Callable[[Job, str], None],
         wake: Callable[[], None],
         summary_top: int = 10,
+        summaries: bool = True,
     ) -> None:
         self.spool = spool
         self.clock = clock
@@ -70,6 +71,7 @@ class Committer:
         self.committed = committed
         self.wake = wake
         self.summary_top = summary_top  # spool.summary_top
+        self.summaries = summaries  # spool.summaries
         self.log = get_logger()
         self.to_commit: list[Job] = []
         self.retry_at = 0.0
@@ -79,10 +81,12 @@ class Committer:
 
     # -- the queue ----------------------------------------------------------
 
-    def reconfigure(self, keep_processed: bool, summary_top: int) -> None:
-        """A reload: what to do with processed inputs, and how long the summaries' top lists are."""
+    def reconfigure(self, keep_processed: bool, summary_top: int, summaries: bool = True) -> None:
+        """A reload: what to do with processed inputs, and whether summaries are written and how long
+        their top lists are."""
         self.keep_processed = keep_processed
         self.summary_top = summary_top
+        self.summaries = summaries
 
     def queue(self, job: Job) -> None:
         """Put a job on the commit queue once, however many paths lead there."""
@@ -172,7 +176,9 @@ class Committer:
 
     def write_summaries(self, jobs: list[Job]) -> bool:
         """The jobs' summary parts, each written and fsync'd before any is linked; False (all of them
-        queued again, the commit backing off) if that failed."""
+        queued again, the commit backing off) if that failed. None with spool.summaries off."""
+        if not self.summaries:
+            return True
         parts = [(self.summary_token(job),
                   render_summary(printable(job.claimed.job_name), printable(job.claimed.name), job.counts,
                                  self.summary_top))
@@ -211,7 +217,8 @@ class Committer:
         """Step 2 for one job, its summary written: link both in; (part, result path) or None if not now."""
         part = job.parts[0] if job.total == 1 else job.assembly.path or ""
         try:
-            return part, self.spool.publish_result(part, job.claimed.job_name, self.summary_path(job),
+            return part, self.spool.publish_result(part, job.claimed.job_name,
+                                                   self.summary_path(job) if self.summaries else None,
                                                    job.format.suffix)
         except FileExistsError:
             self.spool.remove_part(self.summary_path(job))

@@ -100,6 +100,10 @@ class SpoolConfig(_Section):
     max_line_bytes: Annotated[int, Field(gt=0, le=MAX_CHUNK_BYTES)] = Field(
         4096, description="A longer line is an error record; its bytes are never held in memory."
     )
+    summaries: bool = Field(
+        True, description="Write RESULTS/NAME.summary.json beside each result; it costs one more fsync a file "
+                          "(off: for very many small files, results only)."
+    )
     summary_top: Annotated[int, Field(ge=1, le=MAX_SUMMARY_TOP)] = Field(
         10, description="Entries in each top list (classes, lists, countries, ASNs) of RESULTS/NAME.summary.json."
     )

@@ -95,7 +95,7 @@ class Supervisor:
         self.intake = Intake(self.spool, clock, totals, config.spool.max_file_bytes)
         self.committer = Committer(self.spool, clock, self.outage, config.spool.keep_processed,
                                    fail=self.fail_job, committed=self.committed, wake=self.wake,
-                                   summary_top=config.spool.summary_top)
+                                   summary_top=config.spool.summary_top, summaries=config.spool.summaries)
         self.book = JobBook(config, self.spool, clock, totals, self.committer, self.outage, wake=self.wake)
         self._executor = executor
         self.generation = 0
@@ -418,7 +418,7 @@ class Supervisor:
         self.intake.max_file_bytes = new.spool.max_file_bytes
         self.intake.owner_ok = owner_check(new, self.config_path, self.intake.owner_ok)
         add_subdirs(self.spool, new, self.config_path)
-        self.committer.reconfigure(new.spool.keep_processed, new.spool.summary_top)
+        self.committer.reconfigure(new.spool.keep_processed, new.spool.summary_top, new.spool.summaries)
         self.generation += 1
         self.executor.reconfigure(new, self.generation)
         self.reload_pending = True

@@ -300,6 +300,7 @@ WRONG_TYPES: list[tuple[str, str, Any]] = [
     ("spool", "runtime_dir", ["a"]),
     ("spool", "keep_processed", "yes"),
     ("spool", "subdirs", "firewall"),
+    ("spool", "summaries", "yes"),
     ("spool", "max_subdirs", "many"),
     ("spool", "max_file_bytes", "many"),
     ("spool", "max_line_bytes", "many"),

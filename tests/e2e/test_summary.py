@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Callable
 
 from tests.support.daemon import Daemon, wait_for
@@ -89,4 +90,25 @@ def test_a_foreign_file_at_the_summary_name_is_not_overwritten(make_daemon: Call
     assert [r["ip"] for r in d.wait_result("planted.txt.1")] == ["192.0.2.9"]
     assert (d.results / "planted.txt.1.summary.json").is_file()
     assert target.read_text() == "keep me\n" and (d.results / "planted.txt.summary.json").is_symlink()
+    assert d.stop() == 0
+
+
+def test_with_summaries_off_results_come_alone_and_a_reload_turns_them_back_on(
+        make_daemon: Callable[..., Daemon]) -> None:
+    """spool.summaries = false: the result and nothing beside it (one fsync a file less); after a reload
+    with it on, the next file has its summary again."""
+    d = make_daemon(spool={"summaries": False})
+    d.start()
+    d.drop("quiet.txt", "192.0.2.1\n198.51.100.2\n")
+    assert len(d.wait_result("quiet.txt")) == 2
+    d.wait_event("file.done", where=lambda e: e["file"] == "quiet.txt")
+    assert sorted(p.name for p in d.results.iterdir() if p.name != ".parts") == ["quiet.txt.jsonl"]
+    assert not [p for p in (d.results / ".parts").rglob("*") if p.is_file()]
+    d.write_config(spool={"summaries": True})
+    d.signal(signal.SIGHUP)
+    d.wait_event("config.reloaded")
+    d.drop("loud.txt", "192.0.2.3\n")
+    d.wait_result("loud.txt")
+    assert json.loads((d.results / "loud.txt.summary.json").read_text())["addresses"] == 1
+    assert not (d.results / "quiet.txt.summary.json").exists()
     assert d.stop() == 0
