@@ -1,6 +1,7 @@
 """``python -m bench.ab``: two source trees of ipspool, alternated on the same inputs.
 
     python -m bench.ab --before DIR --after DIR [--rounds 5] [--files 1000] [--lines 100]
+                       [--after-set SECTION.KEY=JSON ...]
 
 For a change to the daemon itself, the honest comparison on a shared
 machine: each round runs both trees on ``small_files`` (``--files`` files of
@@ -9,12 +10,15 @@ lines), the order flipped every round so that a burst of load from others
 slows both alike. ``DIR`` is a checkout's ``daemon/`` folder (its ipspool is
 put first on PYTHONPATH; e.g. a ``git worktree`` of the old commit). Prints
 every run, then per workload the median seconds of each tree and their
-ratio (after / before: below 1 is faster).
+ratio (after / before: below 1 is faster). ``--after-set`` changes a setting
+for the "after" runs only, to weigh a setting on one tree
+(``--before daemon --after daemon --after-set spool.summaries=false``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -37,12 +41,17 @@ def make_files(count: int, lines: int, seed: int = 5) -> list[bytes]:
     return ["".join(address() + "\n" for _ in range(lines)).encode() for _ in range(count)]
 
 
-def run_once(source: Path, workload: str, files: list[bytes]) -> float:
-    """Seconds from the first drop to the last result, on a fresh spool."""
+def run_once(source: Path, workload: str, files: list[bytes],
+             extra: dict[str, dict[str, object]] | None = None) -> float:
+    """Seconds from the first drop to the last result, on a fresh spool (``extra``: more settings)."""
     os.environ["PYTHONPATH"] = str(source)
     root = Path(tempfile.mkdtemp(prefix="ipspool-ab-"))
-    daemon = Daemon(root, {"workers": {"processes": 2, "threads": 16}, "pipeline": {"stages": ["classify"]},
-                           "log": {"level": "info", "format": "json", "file": str(root / "daemon.log")}})
+    settings: dict[str, dict[str, object]] = {
+        "workers": {"processes": 2, "threads": 16}, "pipeline": {"stages": ["classify"]},
+        "log": {"level": "info", "format": "json", "file": str(root / "daemon.log")}}
+    for section, values in (extra or {}).items():
+        settings[section] = {**settings.get(section, {}), **values}
+    daemon = Daemon(root, settings)
     try:
         daemon.start()
         began = time.monotonic()
@@ -70,7 +79,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--files", type=int, default=1000)
     parser.add_argument("--lines", type=int, default=100)
+    parser.add_argument("--after-set", action="append", default=[], metavar="SECTION.KEY=JSON",
+                        help="a setting for the after runs only (e.g. spool.summaries=false)")
     args = parser.parse_args(argv)
+    extra: dict[str, dict[str, object]] = {}
+    for item in args.after_set:
+        key, _, value = item.partition("=")
+        section, _, name = key.partition(".")
+        extra.setdefault(section, {})[name] = json.loads(value)
     files = make_files(args.files, args.lines)
     trees = {"before": args.before.resolve(), "after": args.after.resolve()}
     times: dict[tuple[str, str], list[float]] = {}
@@ -78,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         order = ("before", "after") if round_no % 2 == 0 else ("after", "before")
         for workload in ("small_files", "classify"):
             for which in order:
-                took = run_once(trees[which], workload, files)
+                took = run_once(trees[which], workload, files, extra if which == "after" else None)
                 times.setdefault((workload, which), []).append(took)
                 print(f"round {round_no}  {workload:<12} {which:<7} {took:7.2f} s", flush=True)
     for workload in ("small_files", "classify"):
