@@ -3,8 +3,9 @@
     python -m bench.soak --rounds 1000        (make soak; SOAK_ARGS="--rounds 200")
 
 A producer thread submits files of mixed sizes the way ``ipspool submit``
-does (write in tmp/, fsync, rename into incoming/), now and then one over
-``spool.max_file_bytes`` and a symlink. Each round waits a random moment and
+does (write in tmp/, fsync, rename into incoming/ or, one file in four, into
+one of two producer subdirectories, incoming/p1/ and incoming/p2/), now and
+then one over ``spool.max_file_bytes`` and a symlink. Each round waits a random moment and
 SIGKILLs one random process of the daemon: a worker, the stats Manager, the
 multiprocessing forkserver, its resource tracker, or the supervisor (found by
 their titles, "ipspool: worker N" ..., and the helpers by their command lines
@@ -38,11 +39,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 KINDS = ("worker", "stats", "forkserver", "resource_tracker", "supervisor")
 MAX_FILE_BYTES = 200_000
+SUBDIRS = ("p1", "p2")  # producer subdirectories: incoming/p1/NAME is job p1~NAME
 
 
 def settings(processes: int) -> dict[str, dict[str, object]]:
     return {
-        "spool": {"rescan_interval": 2.0, "max_file_bytes": MAX_FILE_BYTES},
+        "spool": {"rescan_interval": 2.0, "max_file_bytes": MAX_FILE_BYTES, "subdirs": list(SUBDIRS)},
         "workers": {"processes": processes, "threads": 2, "chunk_bytes": 4096, "max_attempts": 20,
                     "heartbeat_timeout": 15.0, "graceful_timeout": 30.0},
     }
@@ -57,7 +59,8 @@ class Producer(threading.Thread):
         self.rng = random.Random(seed)
         self.rate = rate
         self.stop_event = threading.Event()
-        self.sent: dict[str, bytes | None] = {}   # None: a symlink
+        self.sent: dict[str, bytes | None] = {}   # by job name; None: a symlink
+        self.placed: dict[str, str] = {}  # job name -> its path under incoming/, where not the same
         self.kinds: Counter[str] = Counter()
 
     def content(self, i: int) -> tuple[str, bytes]:
@@ -70,6 +73,7 @@ class Producer(threading.Thread):
 
     def submit(self, name: str, data: bytes) -> None:
         tmp = self.spool / "tmp" / f".{name}.part"
+        where = self.placed.get(name, name)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
             view = memoryview(data)
@@ -78,7 +82,7 @@ class Producer(threading.Thread):
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, self.spool / "incoming" / name)
+        os.rename(tmp, self.spool / "incoming" / where)
 
     def run(self) -> None:
         i = 0
@@ -90,6 +94,11 @@ class Producer(threading.Thread):
                 self.sent[name] = None
                 self.kinds["symlink"] += 1
             else:
+                if self.rng.random() < 0.25:  # into a producer subdirectory: job SUB~NAME
+                    sub = self.rng.choice(SUBDIRS)
+                    self.placed[f"{sub}~{name}"] = f"{sub}/{name}"
+                    name = f"{sub}~{name}"
+                    self.kinds["subdir"] += 1
                 kind, data = self.content(i)
                 self.submit(name, data)
                 self.sent[name] = data
@@ -135,7 +144,7 @@ class Soak:
         self.rounds = rounds
         self.rng = random.Random(seed)
         self.run = cp.Run(root / "soak", settings(processes))
-        for sub in ("tmp", "incoming", "active", "done", "failed", "results"):
+        for sub in ("tmp", "incoming", "active", "done", "failed", "results", *(f"incoming/{p}" for p in SUBDIRS)):
             (self.run.spool / sub).mkdir(parents=True, exist_ok=True, mode=0o750)
         self.producer = Producer(self.run.spool, seed, rate)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -213,11 +222,11 @@ class Soak:
     def reference(self) -> dict[str, cp.Expected]:
         """The same inputs on a fresh spool, one clean run: what every result must equal."""
         ref = cp.Run(self.root / "reference", settings(2))
-        for sub in ("tmp", "incoming", "active", "done", "failed", "results"):
+        for sub in ("tmp", "incoming", "active", "done", "failed", "results", *(f"incoming/{p}" for p in SUBDIRS)):
             (ref.spool / sub).mkdir(parents=True, exist_ok=True, mode=0o750)
         old = time.time() - 60
         for name, data in self.producer.sent.items():
-            path = ref.spool / "incoming" / name
+            path = ref.spool / "incoming" / self.producer.placed.get(name, name)
             if data is None:
                 path.symlink_to("/etc/hostname")
             else:

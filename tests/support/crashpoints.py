@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ipspool.spool import producer_subdir
 from tests.support.daemon import write_toml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -107,6 +108,14 @@ def _entries(directory: Path) -> list[str]:
         return sorted(os.listdir(directory))
     except FileNotFoundError:
         return []
+
+
+def _left_in_incoming(incoming: Path, entry: str) -> list[str]:
+    """What an entry of incoming/ leaves there: a producer subdirectory stays, its contents do not."""
+    path = incoming / entry
+    if path.is_dir() and not path.is_symlink() and producer_subdir(entry):
+        return [f"{entry}/{x}" for x in _entries(path)]
+    return [entry]
 
 
 def audit_spool(  # noqa: PLR0912 - one branch per promise, in the order docs/durability.md states them
@@ -185,6 +194,8 @@ def audit_spool(  # noqa: PLR0912 - one branch per promise, in the order docs/du
         problem(f"done/ holds unexpected entries (duplicates?): {extra[:8]}")
     for sub in ("active", "incoming"):
         left = _entries(spool / sub)
+        if sub == "incoming":
+            left = [x for entry in left for x in _left_in_incoming(spool / sub, entry)]
         if left:
             problem(f"left in {sub}/: {left[:8]}")
     parts = _entries(results / ".parts")
