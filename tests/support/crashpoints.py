@@ -660,9 +660,11 @@ def _recovery_prepare(spool: Path, results: Path, ref: Mapping[str, Expected]) -
     for name in ("redo.txt", "published.txt", "halffailed.txt"):
         (active / name).write_bytes(ip_lines({"redo.txt": 30, "published.txt": 25, "halffailed.txt": 5}[name],
                                              {"redo.txt": 11, "published.txt": 12, "halffailed.txt": 13}[name]))
-    published = ref["published.txt"].result
-    assert published is not None
-    (results / "published.txt.jsonl").write_bytes(published)
+    published = ref["published.txt"]
+    assert published.result is not None and published.summary is not None
+    # Published means both links made, the summary's first (order rule S).
+    (results / "published.txt.summary.json").write_bytes(published.summary)
+    (results / "published.txt.jsonl").write_bytes(published.result)
     (spool / "failed" / "halffailed.txt.error.json").write_bytes(
         json.dumps({"job": "halffailed.txt", "reason": "too_large", "detail": "recorded before a crash"}).encode())
     (results / ".parts").mkdir(exist_ok=True, mode=0o700)
