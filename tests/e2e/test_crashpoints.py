@@ -161,6 +161,58 @@ def test_known_finding_is_gone(exploration: str, finding: str, request: pytest.F
     pytest.fail(f"{finding} no longer reproduces in {done.key}: fixed? remove it from KNOWN")
 
 
+# -- how the harness tells what it saw -------------------------------------------
+
+_RMDIR = "unlinkat(<{ROOT}/spool/results/.parts>, 'run.{RND}', AT_REMOVEDIR)"
+_CLEARED = " (until the next start: a restart cleared it)"
+
+
+def _record(call: str, mode: str, problem: str) -> dict[str, object]:
+    return {"role": "supervisor", "mode": mode, "call": call, "order": [], "problems": [problem], "hit": "exact",
+            "extra_injections": 0, "stuck": [], "settled": True, "notes": []}
+
+
+def test_audit_names_an_empty_run_folder_apart_from_part_files(tmp_path: Path) -> None:
+    """An empty results/.parts/RUN is its own problem; a run folder with a part in it is reported by that part."""
+    spool, results = tmp_path / "spool", tmp_path / "spool" / "results"
+    (results / ".parts" / "run.1.2").mkdir(parents=True)
+    (results / ".parts" / "run.3.4").mkdir()
+    (results / ".parts" / "run.3.4" / "9.1.0.part").write_bytes(b"{}\n")
+    problems = cp.audit_spool(spool, results, {}).problems
+    assert problems == ["empty run folder left in results/.parts/: ['run.1.2']",
+                        "part files left in results/.parts/: ['run.3.4/9.1.0.part']"]
+
+
+def test_only_an_error_on_end_runs_rmdir_leaving_its_empty_folder_until_a_restart_is_allowed() -> None:
+    """The end_run leftover is allowed once a restart removed it; a folder that stayed, or left by another
+    call or by a kill, or with parts in it, stays an unknown finding."""
+    left = "empty run folder left in results/.parts/: ['run.123.456']"
+    assert cp.classify_record(_record(_RMDIR, "EIO", left + _CLEARED)) == {"run-folder-left-until-restart"}
+    unknown = [
+        _record(_RMDIR, "EIO", left + " (still there after a restart)"),
+        _record(_RMDIR, "kill", left + _CLEARED),
+        _record("fsync(<{ROOT}/spool/results>)", "EIO", left + _CLEARED),
+        _record(_RMDIR, "EIO", "part files left in results/.parts/: ['run.123.456/1.summary']" + _CLEARED),
+        _record(_RMDIR, "EIO", "empty run folder left in results/.parts/: ['run.1.2', 'run.3.4']" + _CLEARED),
+    ]
+    for rec in unknown:
+        assert all(f.startswith("unknown: ") for f in cp.classify_record(rec)), rec
+
+
+def test_a_run_that_made_fewer_calls_of_the_kind_is_another_schedule(tmp_path: Path) -> None:
+    """Not reached because no thread made K such calls: retried as another schedule; K calls made and no
+    injection: plainly not reached."""
+    explorer = cp.Explorer(cp.scenarios()["basic"], tmp_path)
+    call = cp.Call(7, 0.0, "ftruncate", [("fd", (5, "/x/1.assembled")), ("raw", "0")], "0")
+    target = cp.Target(1, call, "thread-1", "ftruncate(</x/1.assembled>, N)", None, cp.Choice((), 3, False), True)
+    norm = cp.Normalizer(tmp_path, {})
+    two = [call, call]
+    hit, _ = explorer._check_hit(two, {}, target, norm, "EIO", cp.Choice((), 3, False), tmp_path, None)
+    assert hit == "not reached: another schedule, at most 2 ftruncate calls in a thread, not 3"
+    hit, _ = explorer._check_hit([*two, call], {}, target, norm, "EIO", cp.Choice((), 3, False), tmp_path, None)
+    assert hit == "not reached"
+
+
 # -- the full exploration: make crashpoints ------------------------------------
 
 FULL_PLAN = [("basic", "supervisor"), ("failing", "supervisor"), ("rejected", "supervisor"),
