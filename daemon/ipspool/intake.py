@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ipspool.clock import Clock
 from ipspool.logs import get_logger
-from ipspool.spool import Claimed, InputRejected, Spool
+from ipspool.spool import Claimed, InputRejected, Spool, job_origin
 from ipspool.watcher import OVERFLOW, SUBDIR
 
 __all__ = ["SETTLE", "Intake"]
@@ -143,7 +143,7 @@ class Intake:
         """(name it arrived with, job name) of the next input moved into active/, or None."""
         if self.recovered:
             name = self.recovered.popleft()
-            return name, name
+            return job_origin(name), name
         if self.paused_for:
             return None
         while self.backlog or self.fresh:

@@ -69,6 +69,7 @@ __all__ = [
     "fsync_dir",
     "job_entries",
     "job_name_candidates",
+    "job_origin",
     "job_source",
     "job_stem",
     "path_problems",
@@ -174,6 +175,13 @@ def job_source(name: str) -> tuple[str, str]:
         if found and base and producer_subdir(sub):
             return sub, base
     return "", name
+
+
+def job_origin(job_name: str) -> str:
+    """The name in incoming/ a job (recovered from active/, so known by its job name) most likely came
+    from: ``SUB/NAME`` for ``SUB~NAME``; the job name itself otherwise."""
+    sub, base = job_source(job_name)
+    return f"{sub}/{base}" if sub else job_name
 
 
 def job_entries(job_name: str) -> tuple[tuple[str, str], ...]:
@@ -549,12 +557,25 @@ class Incoming:
             self.touched[sub] = fd
 
     def sync(self) -> None:
+        """fsync incoming/ and each subdirectory claimed from; one is let go only once its fsync
+        succeeded, so a failure leaves it and those after it for the retry."""
         fsync_dir(self.fd)
-        try:
-            for sub in sorted(self.touched):
-                fsync_dir(self.touched[sub])
-        finally:
-            self.close_touched()
+        for sub in sorted(self.touched):
+            fsync_dir(self.touched[sub])
+            os.close(self.touched.pop(sub))
+
+    def touch_all(self) -> None:
+        """At start-up: the next ``sync`` fsyncs every producer subdirectory. A claim the last run made
+        from one may never have been synced (killed first); its job, recovered from active/, must not be
+        published before the file's leaving that directory is durable, or a power cut brings it back."""
+        with os.scandir(self.fd) as entries:
+            names = sorted(e.name for e in entries if producer_subdir(e.name) and e.is_dir(follow_symlinks=False))
+        for name in names[:self.max_subdirs]:
+            if name not in self.touched:
+                try:
+                    self.touched[name] = self.subdir_fd(name)
+                except OSError:
+                    continue  # gone, or swapped for something else: nothing of ours left it
 
     def close_touched(self) -> None:
         for fd in self.touched.values():
@@ -612,11 +633,15 @@ class Spool:
         self.results.mkdir(parents=True, exist_ok=True, mode=0o750)
         (self.results / PARTS).mkdir(exist_ok=True, mode=0o700)
 
-    def open(self) -> None:
+    def open(self, max_subdirs: int = 0) -> None:
+        """Open the directories; read up to ``max_subdirs`` producer subdirectories (spool.max_subdirs),
+        each of which the first sync of claims fsyncs (``Incoming.touch_all``)."""
         for sub in SUBDIRS:
             self.fds[sub] = _open_dir(self.root / sub)
         self.fds["results"] = _open_dir(self.results)
         self.incoming.fd = self.fds["incoming"]
+        self.incoming.max_subdirs = max_subdirs
+        self.incoming.touch_all()
         self.fds["parts"] = self.fds["all_parts"] = _open_dir(self.results / PARTS)
 
     def close(self) -> None:

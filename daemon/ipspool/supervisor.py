@@ -173,13 +173,12 @@ class Supervisor:
         """Create (or check) the spool's folders, their producer group and ACLs; open them."""
         gid = producer_gid(self.config, self.config_path)
         self.spool.create(gid, self.config.spool.subdirs)
-        self.spool.incoming.max_subdirs = self.config.spool.max_subdirs
         if gid is not None and self.config.spool.check_owner:
             self.intake.owner_ok = OwnerCheck(gid)
         if self.spool.acl_unsupported:
             self.log.warning("spool.acl_unsupported", paths=self.spool.acl_unsupported,
                              note="no ACLs on this filesystem: producers can read each other's pending files")
-        self.spool.open()
+        self.spool.open(self.config.spool.max_subdirs)
 
     def recover(self) -> None:
         redo, finished, failed = recover(self.spool, self.config.spool.keep_processed)

@@ -217,7 +217,7 @@ def test_a_run_that_made_fewer_calls_of_the_kind_is_another_schedule(tmp_path: P
 
 FULL_PLAN = [("basic", "supervisor"), ("failing", "supervisor"), ("rejected", "supervisor"),
              ("multichunk", "supervisor"), ("recovery", "supervisor"), ("basic", "worker"),
-             ("multichunk", "worker"), ("compressed", "supervisor")]
+             ("multichunk", "worker"), ("compressed", "supervisor"), ("subdirs", "supervisor")]
 FULL_KNOWN = {
     "stuck-until-restart",  # a failure record that cannot be written waits for the next start
     "fsync-error-then-trusted", "done-never-resynced",  # as in KNOWN above
@@ -250,6 +250,26 @@ def test_compressed_input_and_summary_commit_survive_a_kill_at_each_step(workdir
     done = explore(workdir, "compressed", "supervisor", ["kill", "ENOSPC"], "compressed/supervisor/commit",
                    select=_decompression_or_commit)
     assert done.results, "no call on the copy, the summary or the result was recorded"
+    for finding, where in sorted(done.findings.items()):
+        print(f"  {finding}: {len(where)} points, e.g. {where[0]}")
+    unknown = {f: w for f, w in done.findings.items() if f not in FULL_KNOWN and f not in cp.ALLOWED}
+    assert not unknown, json.dumps(unknown, indent=1)
+
+
+def _subdir_step(target: cp.Target) -> bool:
+    """A call on a producer subdirectory (the claim's rename out of it, its fsync) or on the job it became."""
+    text = target.call.text
+    return "daemon.log" not in text and any(mark in text for mark in ("incoming/fw", "incoming/hp", "fw~peers.csv"))
+
+
+def test_claims_from_producer_subdirectories_survive_a_kill_or_an_error_at_each_step(workdir: Path) -> None:
+    """Files in incoming/fw/ and incoming/hp/: SIGKILL and EIO at every call on those directories and on the
+    CSV job the fw/ rule reads; every point exact, the audit holds (each result byte-identical to a clean run,
+    so a job recovered from active/ is read by its subdirectory's rule again), nothing left in the
+    subdirectories."""
+    done = explore(workdir, "subdirs", "supervisor", ["kill", "EIO"], "subdirs/supervisor/claims",
+                   select=_subdir_step)
+    assert len(done.results) >= 8, "too few calls on the subdirectories were recorded"
     for finding, where in sorted(done.findings.items()):
         print(f"  {finding}: {len(where)} points, e.g. {where[0]}")
     unknown = {f: w for f, w in done.findings.items() if f not in FULL_KNOWN and f not in cp.ALLOWED}

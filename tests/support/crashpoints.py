@@ -523,8 +523,8 @@ def order_audit(  # noqa: PLR0912 - one branch per kind of step
     be gone, whatever later fsyncs say (PostgreSQL's "fsyncgate"). Each
     problem starts with its rule's letter:
 
-    - C claim: incoming/ and active/ fsync'd between rename incoming/X ->
-      active/X and the link of results/X.jsonl (else a power cut can bring X
+    - C claim: incoming/ (or the producer subdirectory X left) and active/
+      fsync'd between rename incoming/X -> active/X and the link of results/X.jsonl (else a power cut can bring X
       back to incoming/ beside its result: processed twice);
     - P part: the linked file fsync'd after its last write (when its writes
       are in the trace);
@@ -555,6 +555,7 @@ def order_audit(  # noqa: PLR0912 - one branch per kind of step
             problems.append(f"{rule} {what}: no fsync of {path} in between")
 
     claims: dict[str, int] = {}
+    claimed_from: dict[str, str] = {}  # job -> incoming/ or the producer subdirectory it left
     links: dict[str, int] = {}
     summaries: dict[str, int] = {}
     records: dict[str, int] = {}
@@ -574,8 +575,11 @@ def order_audit(  # noqa: PLR0912 - one branch per kind of step
         n = c.name
         if n in ("renameat", "renameat2"):
             src_dir, src, dst_dir, dst = c.fd_path(0), c.string(1) or "", c.fd_path(2), c.string(3) or ""
-            if src_dir == d["incoming"] and dst_dir == d["active"]:
-                claims[dst] = i
+            from_incoming = src_dir == d["incoming"] or (src_dir is not None and
+                                                         os.path.dirname(src_dir) == d["incoming"])
+            if from_incoming and dst_dir == d["active"]:
+                claims[dst] = i  # from incoming/ or from one of its producer subdirectories
+                claimed_from[dst] = src_dir
             elif src_dir == d["active"] and dst_dir == d["done"]:
                 retired(src, i, "moved to done/")
             elif src_dir == d["active"] and dst_dir == d["failed"]:
@@ -598,8 +602,8 @@ def order_audit(  # noqa: PLR0912 - one branch per kind of step
             if not 0 <= summaries.get(job, -1) < i:
                 problems.append(f"S {job}: result linked (call {i}) with no summary linked before it")
             if job in claims:
-                for sub in ("incoming", "active"):
-                    need("C", d[sub], claims[job], i, f"{job}: result linked (call {i}) after its claim")
+                for where in (claimed_from[job], d["active"]):
+                    need("C", where, claims[job], i, f"{job}: result linked (call {i}) after its claim")
             src = f"{c.fd_path(0)}/{c.string(1)}"
             if src in written:
                 need("P", src, written[src], i, f"{job}: result linked (call {i}) from {os.path.basename(src)}")
@@ -658,11 +662,18 @@ class Scenario:
     specials: dict[str, str] = field(default_factory=dict)   # name -> "symlink" | "fifo" in incoming/
     prepare: Callable[[Path, Path, Mapping[str, Expected]], None] | None = None  # (spool, results, reference)
     preplaced: dict[str, bytes] = field(default_factory=dict)  # inputs that prepare() puts elsewhere
+    placed: dict[str, str] = field(default_factory=dict)  # input (job name) -> its path under incoming/
     jobs: int = 4                             # assembly names to watch (seq 1..jobs)
 
     @property
     def all_inputs(self) -> dict[str, bytes | None]:
         return {**self.inputs, **dict.fromkeys(self.specials), **self.preplaced}
+
+
+def _peers_csv(n: int, seed: int) -> bytes:
+    """A CSV whose address is in column ``peer`` (only the fw/ rule finds it)."""
+    rows = ip_lines(n, seed).decode().splitlines()
+    return ("when,peer,note\n" + "".join(f"t{i},{ip},\"a, b\"\n" for i, ip in enumerate(rows))).encode()
 
 
 def _recovery_prepare(spool: Path, results: Path, ref: Mapping[str, Expected]) -> None:
@@ -696,6 +707,13 @@ def scenarios() -> dict[str, Scenario]:
         # Decompressed into the parts folder, then split into chunks (docs/inputs.md).
         "compressed": Scenario("compressed", {"packed.txt": gzip.compress(ip_lines(3600, 4), mtime=0)},
                                settings={"workers": {"chunk_bytes": 4096}}),
+        # Two producer subdirectories (one with a CSV rule) and incoming/ itself: claims from
+        # incoming/SUB/ (that directory's fsync) and recovery by the rule the job name gives.
+        "subdirs": Scenario(
+            "subdirs", {"fw~peers.csv": _peers_csv(40, 6), "hp~one.txt": ip_lines(20, 7), "top.txt": ip_lines(5, 8)},
+            settings={"spool": {"subdirs": ["fw", "hp"]},
+                      "inputs": [{"subdir": "fw", "match": "*.csv", "format": "delimited", "column": "peer"}]},
+            placed={"fw~peers.csv": "fw/peers.csv", "hp~one.txt": "hp/one.txt"}),
     }
 
 
@@ -734,7 +752,7 @@ class Run:
         self.tmpdir.mkdir(exist_ok=True)
         data = base_settings(root)
         for section, body in settings.items():
-            data[section] = {**data.get(section, {}), **body}
+            data[section] = {**data.get(section, {}), **body} if isinstance(body, Mapping) else body
         write_toml(self.config, data)
         self.keep = bool(data["spool"].get("keep_processed", True))
         self._offset = 0
@@ -777,7 +795,8 @@ class Run:
         return None
 
     def settled(self, names: Iterable[str]) -> bool:
-        if any(_entries(self.spool / s) for s in ("active", "incoming")):
+        incoming = self.spool / "incoming"
+        if _entries(self.spool / "active") or any(_left_in_incoming(incoming, e) for e in _entries(incoming)):
             return False
         return all(os.path.lexists(self.results / f"{n}.jsonl")
                    or os.path.lexists(self.spool / "failed" / f"{n}.error.json") for n in names)
@@ -1058,7 +1077,9 @@ class Explorer:
             tmp = run.spool / "tmp" / f".{name}"
             tmp.write_bytes(data)
             os.utime(tmp, (old, old))
-            os.rename(tmp, run.spool / "incoming" / name)
+            target = run.spool / "incoming" / self.scenario.placed.get(name, name)
+            target.parent.mkdir(exist_ok=True, mode=0o750)  # a producer subdirectory
+            os.rename(tmp, target)
         for name, kind in self.scenario.specials.items():
             path = run.spool / "incoming" / name
             if kind == "symlink":
@@ -1112,6 +1133,7 @@ class Explorer:
         paths = [str(s), *(str(s / sub) for sub in ("tmp", "incoming", "active", "done", "failed", "results")),
                  str(s / "results" / ".parts"), str(s / ".ipspool"), str(s / ".ipspool" / "authkey"),
                  str(run.log_path)]
+        paths += sorted({str(s / "incoming" / os.path.dirname(p)) for p in self.scenario.placed.values()})
         paths += [str(s / "results" / ".parts" / f"{j}.{kind}") for j in range(1, self.scenario.jobs + 1)
                   for kind in ("assembled", "expanded", "summary")]
         if worker_pid is not None:

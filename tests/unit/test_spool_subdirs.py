@@ -402,3 +402,56 @@ def test_a_rule_matches_a_name_made_unique_and_still_matches_on_the_number() -> 
     assert rule_for(config, "fw-a.csv.1") is config.inputs[0]
     assert rule_for(config, "fw~fw-a.csv.2") is config.inputs[0]
     assert rule_for(config, "notes.7") is config.inputs[1]
+
+
+def test_at_start_up_the_first_sync_reaches_every_subdirectory_a_killed_run_may_have_claimed_from(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A claim whose sync the kill cut off: its job is recovered from active/ and published by the next run,
+    so that run's first sync of claims covers every producer subdirectory (up to the cap), not only those it
+    claimed from itself (found by the crash points of the subdirs scenario)."""
+    spool = Spool(tmp_path / "spool", tmp_path / "results")
+    spool.create()
+    for sub in ("b", "a", "c", "not a subdir"):
+        (_incoming(tmp_path) / sub).mkdir()
+    (_incoming(tmp_path) / "link").symlink_to(_incoming(tmp_path) / "a")
+    spool.open(max_subdirs=2)
+    log = record_fsyncs(monkeypatch, tmp_path)
+    spool.sync_claims()
+    assert log.paths == ["spool/incoming", "spool/incoming/a", "spool/incoming/b", "spool/active"]
+    log.clear()
+    spool.sync_claims()
+    assert log.paths == ["spool/incoming", "spool/active"]
+    spool.close()
+
+
+def test_a_recovered_job_is_named_by_the_path_it_came_from() -> None:
+    from ipspool.spool import job_origin
+
+    assert job_origin("fw~x.csv") == "fw/x.csv"
+    assert job_origin("x.csv.1") == "x.csv.1"
+    assert job_origin("bad name~x") == "bad name~x"
+
+
+def test_a_failed_fsync_of_one_subdirectory_leaves_it_and_the_ones_after_it_for_the_retry(
+        sp: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EIO on incoming/a's fsync: the retry syncs a and b again (b had not been reached), not only incoming/
+    (found by the crash points: b's result was published with its claim never synced)."""
+    for sub in ("a", "b"):
+        (_incoming(tmp_path) / sub).mkdir()
+        (_incoming(tmp_path) / sub / "f").write_text("")
+        sp.claim(f"{sub}/f")
+    log = record_fsyncs(monkeypatch, tmp_path)
+    real = os.fsync
+
+    def failing(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith("/incoming/a"):
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError):
+        sp.sync_claims()
+    assert sorted(sp.incoming.touched) == ["a", "b"]
+    log = record_fsyncs(monkeypatch, tmp_path)
+    sp.sync_claims()
+    assert log.paths == ["spool/incoming", "spool/incoming/a", "spool/incoming/b", "spool/active"]
+    assert sp.incoming.touched == {}
