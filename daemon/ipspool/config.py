@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ipspool.configfiles import ConfigError, Discovered, Ignored, Layers, discover, read_layers
 from ipspool.spool import producer_subdir
@@ -76,6 +76,14 @@ MAX_SUBDIRS = 100                # spool.max_subdirs: each is an inotify instanc
 Seconds = Annotated[float, Field(gt=0, le=DAY)]
 
 
+def _list_to_tuple(value: object) -> object:
+    # TOML gives a list; the frozen model keeps a tuple (strict mode takes no list for a tuple).
+    return tuple(value) if isinstance(value, list) else value
+
+
+Names = Annotated[tuple[str, ...], BeforeValidator(_list_to_tuple)]
+
+
 class _Section(BaseModel):
     # extra="forbid": an unknown key is an error that names it, so a typo
     # never silently leaves a default in force. strict: "4" is not 4.
@@ -110,7 +118,7 @@ class SpoolConfig(_Section):
     rescan_interval: Seconds = Field(
         10.0, description="Seconds between scans of incoming/ (inotify can drop events)."
     )
-    subdirs: tuple[str, ...] = Field(
+    subdirs: Names = Field(
         (), description="Producer subdirectories the daemon creates in incoming/, with incoming/'s group and "
                         "permissions: a file renamed into incoming/SUB/ becomes job SUB~NAME (docs/inputs.md)."
     )
@@ -137,11 +145,6 @@ class SpoolConfig(_Section):
         if not value:
             raise ValueError("the spool directory must be set")
         return value
-
-    @field_validator("subdirs", mode="before")
-    @classmethod
-    def _subdirs_tuple(cls, value: object) -> object:
-        return tuple(value) if isinstance(value, list) else value
 
     @field_validator("subdirs")
     @classmethod
@@ -185,16 +188,9 @@ class WorkersConfig(_Section):
 
 
 class PipelineConfig(_Section):
-    stages: tuple[str, ...] = Field(
+    stages: Names = Field(
         ("classify",), description='Built-in stage names, or "module:callable".'
     )
-
-    @field_validator("stages", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, value: object) -> object:
-        # TOML gives a list; the frozen model keeps a tuple.
-        return tuple(value) if isinstance(value, list) else value
-
 
 class LogConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = Field("info", description="Lowest level logged.")
@@ -213,7 +209,7 @@ class ListConfig(_Section):
 
 
 class RdnsConfig(_Section):
-    nameservers: tuple[str, ...] = Field((), description='"addr:port" entries; empty: the system resolver.')
+    nameservers: Names = Field((), description='"addr:port" entries; empty: the system resolver.')
     timeout: Annotated[float, Field(gt=0, le=MAX_RDNS_TIMEOUT)] = Field(
         2.0, description="Seconds for one lookup attempt."
     )
@@ -236,12 +232,6 @@ class RdnsConfig(_Section):
     disk_cache_size: Annotated[int, Field(ge=0, le=MAX_DISK_CACHE)] = Field(
         1_000_000, description="Answers kept in the on-disk cache (it survives restarts); 0: none."
     )
-
-    @field_validator("nameservers", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, value: object) -> object:
-        return tuple(value) if isinstance(value, list) else value
-
 
 class GeoipConfig(_Section):
     country_db: str = Field("", description="MaxMind DB with country data; empty: no country.")
@@ -334,7 +324,7 @@ class InputRule(_Section):
                                         "empty: the first of the default names.")
     delimiter: str = Field("", description='delimited: the field separator ("," ";" "\\t" "|"); '
                                            "empty: sniffed from the header.")
-    carry: tuple[str, ...] = Field((), description="delimited: other columns copied into each record's "
+    carry: Names = Field((), description="delimited: other columns copied into each record's "
                                                    "fields object.")
     field: str = Field("", description="jsonl: the address's field path (dotted: source.ip); "
                                        "empty: the first of the default paths.")
@@ -349,11 +339,6 @@ class InputRule(_Section):
     )
     output: Literal["jsonl", "csv"] = Field("jsonl", description="The result's format: RESULTS/JOB.jsonl or "
                                                                  "RESULTS/JOB.csv.")
-
-    @field_validator("carry", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, value: object) -> object:
-        return tuple(value) if isinstance(value, list) else value
 
     @field_validator("delimiter")
     @classmethod
@@ -375,18 +360,13 @@ class Config(_Section):
     workers: WorkersConfig = WorkersConfig()
     pipeline: PipelineConfig = PipelineConfig()
     log: LogConfig = LogConfig()
-    lists: tuple[ListConfig, ...] = ()
+    lists: Annotated[tuple[ListConfig, ...], BeforeValidator(_list_to_tuple)] = ()
     rdns: RdnsConfig = RdnsConfig()
     geoip: GeoipConfig = GeoipConfig()
     alerts: AlertsConfig = AlertsConfig()
     metrics: MetricsConfig = MetricsConfig()
     executor: ExecutorConfig = ExecutorConfig()
-    inputs: tuple[InputRule, ...] = ()
-
-    @field_validator("lists", "inputs", mode="before")
-    @classmethod
-    def _list_to_tuple(cls, value: object) -> object:
-        return tuple(value) if isinstance(value, list) else value
+    inputs: Annotated[tuple[InputRule, ...], BeforeValidator(_list_to_tuple)] = ()
 
     # Derived paths: one place decides where everything lives.
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from ipspool.config import Config, InputRule, ListConfig
 
@@ -112,6 +112,10 @@ def _default(value: Any) -> str:
 
 
 def _constraint(meta: Any) -> str:
+    """A bound as the reader wants it; "" for metadata that is no bound (a validator that turns a list
+    into a tuple)."""
+    if isinstance(meta, BeforeValidator):
+        return ""
     for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "length >="),
                        ("pattern", "matches")):
         value = getattr(meta, attr, None)
@@ -124,7 +128,7 @@ def _table(model: type[BaseModel]) -> list[str]:
     rows = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
     for key, field in model.model_fields.items():
         default = "(required)" if field.is_required() else _default(field.get_default(call_default_factory=True))
-        constraints = ", ".join(_constraint(m) for m in field.metadata)
+        constraints = ", ".join(c for c in map(_constraint, field.metadata) if c)
         kind = _type_name(field.annotation) + (f" ({constraints})" if constraints else "")
         rows.append(f"| `{key}` | {kind} | {default} | {field.description or ''} |")
     return rows
