@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from ipspool.spool import Spool
 
-__all__ = ["SyncLog", "open_spool", "open_under", "record_fsyncs"]
+__all__ = ["SyncLog", "fail_fsync", "open_spool", "open_under", "record_fsyncs"]
 
 
 class SyncLog:
@@ -35,6 +36,18 @@ def record_fsyncs(monkeypatch: pytest.MonkeyPatch, base: Path) -> SyncLog:
     log = SyncLog(base)
     monkeypatch.setattr(os, "fsync", log)
     return log
+
+
+def fail_fsync(monkeypatch: pytest.MonkeyPatch, suffix: str) -> None:
+    """Make os.fsync fail with EIO for a descriptor whose path ends with ``suffix``; others go on to
+    whatever os.fsync was (the real one, or a recorder)."""
+    inner = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(suffix):
+            raise OSError(errno.EIO, "Input/output error")
+        inner(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
 
 
 def open_spool(tmp_path: Path) -> Spool:

@@ -18,7 +18,7 @@ from ipspool.protocol import Done
 from ipspool.states import JobState
 from ipspool.supervisor import Supervisor
 from tests.support.fakes import FakeClock, FakeExecutor
-from tests.support.fsyncs import SyncLog
+from tests.support.fsyncs import SyncLog, fail_fsync
 from tests.unit.test_decisions_jobs import claim_one, lines, make
 
 
@@ -388,13 +388,7 @@ def test_a_summary_that_cannot_be_made_durable_is_never_linked_and_the_group_is_
     claim_one(sup, executor, "b", b"1.2.3.5\n")
     finish_all(sup, executor)
     real = os.fsync
-
-    def eio(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("/2.summary"):
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-
-    monkeypatch.setattr(os, "fsync", eio)
+    fail_fsync(monkeypatch, "/2.summary")
     with capture_logs() as logs:
         sup.committer.commit()
     assert [e["detail"] for e in logs if e["event"] == "disk.full"] == ["[Errno 5] Input/output error"]

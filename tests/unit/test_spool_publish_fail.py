@@ -15,7 +15,7 @@ import pytest
 
 from ipspool import spool as spool_mod
 from ipspool.spool import Spool
-from tests.support.fsyncs import open_spool, open_under, record_fsyncs
+from tests.support.fsyncs import fail_fsync, open_spool, open_under, record_fsyncs
 
 
 @pytest.fixture(autouse=True)
@@ -220,11 +220,7 @@ def test_a_summary_fsync_that_fails_leaves_none_of_the_groups_parts(
     sp: Spool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """fsyncgate: a part whose fsync failed is never linked; the whole call is redone later, descriptors closed."""
-    def eio(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("/2.summary"):
-            raise OSError(errno.EIO, "Input/output error")
-
-    monkeypatch.setattr(os, "fsync", eio)
+    fail_fsync(monkeypatch, "/2.summary")
     before = open_under(tmp_path)
     with pytest.raises(OSError, match="Input/output error"):
         sp.write_parts([("1.summary", b"one"), ("2.summary", b"two"), ("3.summary", b"three")])
@@ -343,13 +339,7 @@ def test_a_long_job_names_temporary_record_fits(sp: Spool, tmp_path: Path) -> No
 def test_a_record_that_cannot_be_written_is_removed_and_the_input_stays(sp: Spool, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "spool" / "active" / "job").write_text("x")
-    real = os.fsync
-
-    def full(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-    monkeypatch.setattr(os, "fsync", full)
+    fail_fsync(monkeypatch, ".tmp")
     before = open_under(tmp_path)
     with pytest.raises(OSError) as err:
         sp.fail("job", "r", "d")

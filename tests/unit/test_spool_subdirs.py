@@ -25,7 +25,7 @@ from ipspool.config import ConfigError, parse_config
 from ipspool.formats import select
 from ipspool.formats.select import rule_for
 from ipspool.spool import Spool, job_source, job_stem, producer_subdir
-from tests.support.fsyncs import open_spool, open_under, record_fsyncs
+from tests.support.fsyncs import fail_fsync, open_spool, open_under, record_fsyncs
 
 SUB_FIRST = string.ascii_letters + string.digits + "_"
 SUB_REST = SUB_FIRST + ".-"
@@ -440,14 +440,7 @@ def test_a_failed_fsync_of_one_subdirectory_leaves_it_and_the_ones_after_it_for_
         (_incoming(tmp_path) / sub).mkdir()
         (_incoming(tmp_path) / sub / "f").write_text("")
         sp.claim(f"{sub}/f")
-    log = record_fsyncs(monkeypatch, tmp_path)
-    real = os.fsync
-
-    def failing(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}").endswith("/incoming/a"):
-            raise OSError(errno.EIO, "Input/output error")
-        real(fd)
-    monkeypatch.setattr(os, "fsync", failing)
+    fail_fsync(monkeypatch, "/incoming/a")
     with pytest.raises(OSError):
         sp.sync_claims()
     assert sorted(sp.incoming.touched) == ["a", "b"]
