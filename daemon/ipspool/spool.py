@@ -321,29 +321,31 @@ def private_default_acl(reader_uid: int | None) -> bytes:
     other producers nothing, the service user read; the mode bits then show
     the mask (0640 reads "owner rw, named entries r").
     """
-    import struct
-
     entries = [(_ACL_USER_OBJ, _ACL_RWX, _ACL_UNDEFINED_ID)]
     if reader_uid is not None:
         entries.append((_ACL_USER, _ACL_R, reader_uid))
     entries += [(_ACL_GROUP_OBJ, 0, _ACL_UNDEFINED_ID), (_ACL_MASK, _ACL_R, _ACL_UNDEFINED_ID),
                 (_ACL_OTHER, 0, _ACL_UNDEFINED_ID)]
-    return struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *e) for e in entries)
+    return _acl_xattr(entries)
 
 
 def _plain_access_acl(path: Path) -> None:
     """Set the access ACL ``user::rwx, group::rwx, other::---``: the kernel keeps no ACL for it, only
     the mode rwxrwx--- with the setgid and sticky bits as they were (acl(5), minimal ACL)."""
-    import struct
-
     minimal = [(_ACL_USER_OBJ, _ACL_RWX, _ACL_UNDEFINED_ID), (_ACL_GROUP_OBJ, _ACL_RWX, _ACL_UNDEFINED_ID),
                (_ACL_OTHER, 0, _ACL_UNDEFINED_ID)]
-    raw = struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *e) for e in minimal)
     try:
-        os.setxattr(path, "system.posix_acl_access", raw, follow_symlinks=False)
+        os.setxattr(path, "system.posix_acl_access", _acl_xattr(minimal), follow_symlinks=False)
     except OSError as exc:
         if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
             raise
+
+
+def _acl_xattr(entries: list[tuple[int, int, int]]) -> bytes:
+    """An ACL's extended-attribute form: a version, then (tag, perm, id) entries (``acl_entries`` reads it)."""
+    import struct
+
+    return struct.pack("<I", _ACL_VERSION) + b"".join(struct.pack("<HHI", *e) for e in entries)
 
 
 def acl_entries(raw: bytes) -> list[tuple[int, int, int]]:
