@@ -50,7 +50,7 @@ from ipspool.compression import SNIFF_BYTES, CorruptInput, decompressed_name, ex
 from ipspool.config import Config
 from ipspool.exitcodes import ExitCode
 from ipspool.formats import Format, Work, chunk_work, head_size, select, split_chunks
-from ipspool.formats.work import too_long_output
+from ipspool.formats.work import INLINE_BATCH, PROGRESS_STEP, too_long_output
 from ipspool.fsops import write_all
 from ipspool.parts import ChunkFailed, PartWriter, read_chunk, write_part
 from ipspool.pipeline import Pipeline, load_pipeline
@@ -62,8 +62,6 @@ __all__ = ["InputError", "process_files"]
 
 _COPY = 1 << 20
 _IN_FLIGHT_PER_PROCESS = 2
-_INLINE_BATCH = 2048  # lines between progress stamps on a child's own thread (as worker.py)
-_PROGRESS_STEP = 8    # lines a stage thread processes between progress stamps (as worker.py)
 
 
 class InputError(Exception):
@@ -150,10 +148,10 @@ def _run(state: _ChildState, chunk: Chunk, raw: bytes) -> Iterator[tuple[bytes, 
         yield work.header, Counter()
     units = len(work)
     if state.threads is None or units == 0:
-        yield _render(state, work, 0, units, _INLINE_BATCH)
+        yield _render(state, work, 0, units, INLINE_BATCH)
         return
     size = max(1, -(-units // state.config.workers.threads))
-    futures = [state.threads.submit(_render, state, work, at, min(at + size, units), _PROGRESS_STEP)
+    futures = [state.threads.submit(_render, state, work, at, min(at + size, units), PROGRESS_STEP)
                for at in range(0, units, size)]
     for future in futures:
         yield future.result()

@@ -41,6 +41,7 @@ from ipspool.spool import (
     job_base,
     job_entries,
     job_name_candidates,
+    job_stem,
     producer_subdir,
 )
 
@@ -87,7 +88,7 @@ def unobservable(config: Config) -> list[Path]:
 def _free_name(config: Config, wanted: str, subdir: str) -> str:
     """The job name, free everywhere, that the daemon will give ``wanted`` (from incoming/ or incoming/SUBDIR/)."""
     stem = wanted.lstrip(".") or "input"
-    for name in job_name_candidates(job_base(f"{subdir}{SUBDIR_SEP}{stem}" if subdir else stem)):
+    for name in job_name_candidates(job_base(job_stem(f"{subdir}/{stem}" if subdir else stem))):
         if not _taken(config, name, subdir):
             return name
     raise FileExistsError(f"no free name in incoming/ for {wanted!r}")

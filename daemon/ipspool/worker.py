@@ -36,7 +36,7 @@ from ipspool.clock import SYSTEM_CLOCK, Clock
 from ipspool.config import Config, ConfigError
 from ipspool.exitcodes import ExitCode
 from ipspool.formats import Work, chunk_work
-from ipspool.formats.work import too_long_output
+from ipspool.formats.work import INLINE_BATCH, PROGRESS_STEP, too_long_output
 from ipspool.logs import (
     LogTarget,
     configure_logging,
@@ -54,9 +54,7 @@ from ipspool.stats import StatsClient
 
 __all__ = ["Worker", "worker_main"]
 
-_INLINE_BATCH = 2048        # lines between heartbeats on the inline path
 _MAX_POOL_BATCH = 256       # lines per thread-pool task
-_PROGRESS_STEP = 8          # lines a pool thread processes between progress marks
 _PUBLISH_EVERY = 0.25       # seconds between worker-table updates (one Manager round trip each)
 _REFRESH_EVERY = 5.0        # seconds between stage refresh() calls
 
@@ -255,8 +253,8 @@ class Worker:
         writer = self.open_part(chunk, part)
         if work.header:
             writer.write(work.header)
-        for at in range(0, len(work), _INLINE_BATCH):
-            writer.write(work.render(at, at + _INLINE_BATCH, counts, alerts))
+        for at in range(0, len(work), INLINE_BATCH):
+            writer.write(work.render(at, at + INLINE_BATCH, counts, alerts))
             self.beat()
             self.publish()
         writer.close(chunk.sync)
@@ -312,10 +310,10 @@ class Worker:
                 # once; the per-address calls below then find them waiting.
                 # A wait held up by the rate limit still counts as progress.
                 work.prefetch(start, stop, counts, waiting)
-            for at in range(start, start if doomed else stop, _PROGRESS_STEP):
+            for at in range(start, start if doomed else stop, PROGRESS_STEP):
                 with self.progress_lock:
                     self.progress[me] = self.clock.monotonic()
-                outputs.append(work.render(at, min(at + _PROGRESS_STEP, stop), counts, state.alerts[slot]))
+                outputs.append(work.render(at, min(at + PROGRESS_STEP, stop), counts, state.alerts[slot]))
         finally:
             self.pipeline.release()
             with self.progress_lock:

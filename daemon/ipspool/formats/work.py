@@ -27,7 +27,12 @@ from ipspool.parts import too_long_record
 from ipspool.pipeline import Pipeline, process_lines, split_lines
 from ipspool.protocol import Alert
 
-__all__ = ["FormatWork", "PlainWork", "Work", "chunk_work", "process_chunk", "too_long_output"]
+__all__ = ["INLINE_BATCH", "PROGRESS_STEP", "FormatWork", "PlainWork", "Work", "chunk_work", "process_chunk",
+           "too_long_output"]
+
+# How often work on a chunk says it is alive (a daemon worker's heartbeat, ``ipspool process``'s stamp):
+INLINE_BATCH = 2048  # lines rendered on the process's own thread between two marks
+PROGRESS_STEP = 8    # lines a stage thread renders between two marks
 
 Counts = Counter[str]
 
